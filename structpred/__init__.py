@@ -1,0 +1,31 @@
+"""structpred: train energy models by differentiating a loss through an argmin.
+
+Quick tour::
+
+    import structpred as sp
+    model = sp.make_model("foe", num_filters=8, filter_size=3)
+    theta = model.init_params(sigma=25)
+    result = sp.LBFGS(gtol=1e-6).minimize(model, noisy, theta)      # denoise
+    pair = sp.loss_and_grad(model, theta, noisy, clean)              # loss + implicit gradient
+    print(sp.check_loss_gradient(model, theta, noisy, clean))        # vs finite differences
+"""
+from structpred.gradients import (
+    AdjointInfo, AdjointWarning, GradCheck, ImplicitGradient, check_grad, check_loss_gradient,
+    check_model_derivatives, make_gradient,
+)
+from structpred.losses import MSELoss, mse, psnr
+from structpred.models import (
+    EnergyModel, FieldsOfExperts, FilterMRF, GaussianMRF, make_model,
+)
+from structpred.objective import BatchResult, PairResult, batch_loss_and_grad, loss_and_grad
+from structpred.solvers import LBFGS, SolveResult, Status, make_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdjointInfo", "AdjointWarning", "BatchResult", "EnergyModel", "FieldsOfExperts",
+    "FilterMRF", "GaussianMRF", "GradCheck", "ImplicitGradient", "LBFGS", "MSELoss",
+    "PairResult", "SolveResult", "Status", "batch_loss_and_grad", "check_grad",
+    "check_loss_gradient", "check_model_derivatives", "loss_and_grad", "make_gradient",
+    "make_model", "make_solver", "mse", "psnr",
+]

@@ -1,0 +1,23 @@
+"""Gradients of a loss through the argmin, and finite-difference checks."""
+from structpred.gradients.check import (
+    GradCheck, check_grad, check_loss_gradient, check_model_derivatives,
+)
+from structpred.gradients.implicit import (
+    AdjointInfo, AdjointWarning, ImplicitGradient, conjugate_gradient,
+)
+
+GRADIENTS = {"implicit": ImplicitGradient}
+
+
+def make_gradient(name: str, **kwargs):
+    """Build a gradient strategy by name: ``make_gradient("implicit", rtol=1e-8)``."""
+    try:
+        cls = GRADIENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown gradient {name!r}; allowed: {sorted(GRADIENTS)}") from None
+    return cls(**kwargs)
+
+
+__all__ = ["AdjointInfo", "AdjointWarning", "GRADIENTS", "GradCheck", "ImplicitGradient",
+           "check_grad", "check_loss_gradient", "check_model_derivatives",
+           "conjugate_gradient", "make_gradient"]

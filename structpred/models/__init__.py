@@ -1,0 +1,23 @@
+"""Energy models. ``make_model(name, **kwargs)`` builds one by its registry name."""
+from __future__ import annotations
+
+from structpred.models.base import EnergyModel
+from structpred.models.filter_mrf import FieldsOfExperts, FilterMRF, GaussianMRF
+from structpred.models.penalties import PENALTIES, Penalty, get_penalty
+
+MODELS: dict[str, type[EnergyModel]] = {
+    cls.name: cls for cls in (FieldsOfExperts, GaussianMRF, FilterMRF)
+}
+
+
+def make_model(name: str, **kwargs) -> EnergyModel:
+    """Build a registered model: ``make_model("foe", num_filters=24, filter_size=5)``."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}") from None
+    return cls(**kwargs)
+
+
+__all__ = ["EnergyModel", "FieldsOfExperts", "FilterMRF", "GaussianMRF", "MODELS", "PENALTIES",
+           "Penalty", "get_penalty", "make_model"]

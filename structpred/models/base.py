@@ -1,0 +1,143 @@
+"""The energy-model interface.
+
+An energy model scores an output image ``y`` for an input ``x`` under a flat parameter
+vector ``theta``. A concrete model writes, in one place:
+
+* :meth:`EnergyModel.param_shapes`: the named parameter groups (their order is the layout
+  of ``theta``);
+* :meth:`EnergyModel.init_params`: a sensible starting point;
+* :meth:`EnergyModel.objective`: a Numba energy-gradient kernel ``fg(y_flat, g_flat, args)``
+  and its argument tuple; the inner solvers run entirely in Numba on it;
+* :meth:`EnergyModel.hessian`: the Hessian ``E_yy`` linearised at ``y`` as a callable
+  ``v -> E_yy v`` (curvature precomputed once, reused by every CG iteration);
+* :meth:`EnergyModel.mixed_product`: ``E_wy^T u = d/dtheta <u, grad_y E(y; x, theta)>``.
+
+Everything else (validation, packing, the solvers, the implicit gradient, training) is
+generic and works for any model that provides these pieces.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from structpred.validation import as_image, as_vector, same_shape
+
+
+class EnergyModel(abc.ABC):
+    """Base class of all energy models ``E(y; x, theta)`` over (H, W) images."""
+
+    #: registry name (``make_model(name, ...)``)
+    name: str = ""
+
+    # ------------------------------------------------------------------ layout
+    @abc.abstractmethod
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Ordered mapping from parameter-group name to its shape."""
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(s, dtype=int) for s in self.param_shapes().values()))
+
+    def param_slices(self) -> dict[str, slice]:
+        """Where each parameter group lies in the flat vector."""
+        out, start = {}, 0
+        for name, shape in self.param_shapes().items():
+            size = int(np.prod(shape, dtype=int))
+            out[name] = slice(start, start + size)
+            start += size
+        return out
+
+    def pack(self, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Concatenate named parameter groups into one flat float64 vector."""
+        shapes = self.param_shapes()
+        missing = set(shapes) - set(params)
+        extra = set(params) - set(shapes)
+        if missing or extra:
+            raise ValueError(f"parameter groups must be exactly {list(shapes)}; "
+                             f"missing {sorted(missing)}, unexpected {sorted(extra)}")
+        parts = []
+        for name, shape in shapes.items():
+            p = np.asarray(params[name], dtype=np.float64)
+            if p.shape != shape:
+                raise ValueError(f"parameter group {name!r}: expected shape {shape}, got {p.shape}")
+            parts.append(p.ravel())
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a flat vector into named parameter groups (views, not copies)."""
+        theta = self.check_params(theta)
+        shapes = self.param_shapes()
+        return {name: theta[sl].reshape(shapes[name]) for name, sl in self.param_slices().items()}
+
+    @abc.abstractmethod
+    def init_params(self, **kwargs) -> np.ndarray:
+        """A sensible flat starting parameter vector."""
+
+    def config(self) -> dict:
+        """Constructor arguments (enough to rebuild the model with ``make_model``)."""
+        return {}
+
+    # ---------------------------------------------------------------- kernels
+    @abc.abstractmethod
+    def objective(self, x: np.ndarray, theta: np.ndarray) -> tuple[Callable, tuple]:
+        """Return ``(fg, args)``: ``fg(y_flat, g_flat, args)`` writes grad_y E into
+        ``g_flat`` and returns E. ``fg`` is a Numba function (the solvers call it in
+        nopython mode); ``args`` holds the prepared parameters and work buffers."""
+
+    @abc.abstractmethod
+    def hessian(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray) -> Callable:
+        """Return ``hvp(v) -> E_yy v`` for (H, W) arrays ``v``, linearised at ``y``."""
+
+    @abc.abstractmethod
+    def mixed_product(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray,
+                      u: np.ndarray) -> np.ndarray:
+        """Return the flat vector ``d/dtheta <u, grad_y E(y; x, theta)>`` (= E_wy^T u)."""
+
+    def min_image_shape(self) -> tuple[int, int]:
+        """The smallest image the model accepts (e.g. the filter size)."""
+        return (1, 1)
+
+    # -------------------------------------------------------- checked public API
+    def check_params(self, theta) -> np.ndarray:
+        return as_vector("theta", theta, self.num_params)
+
+    def check_inputs(self, y, x, theta):
+        """Validate and convert (y, x, theta); raises ValueError with the argument's name."""
+        x = as_image("x", x, min_shape=self.min_image_shape())
+        y = as_image("y", y, min_shape=self.min_image_shape())
+        same_shape(("y", "x"), y, x)
+        return y, x, self.check_params(theta)
+
+    def energy_and_grad(self, y, x, theta) -> tuple[float, np.ndarray]:
+        """E(y; x, theta) and grad_y E."""
+        y, x, theta = self.check_inputs(y, x, theta)
+        fg, args = self.objective(x, theta)
+        g = np.empty_like(y)
+        e = fg(y.ravel(), g.ravel(), args)
+        return float(e), g
+
+    def energy(self, y, x, theta) -> float:
+        return self.energy_and_grad(y, x, theta)[0]
+
+    def grad(self, y, x, theta) -> np.ndarray:
+        return self.energy_and_grad(y, x, theta)[1]
+
+    def hvp(self, y, x, theta, v) -> np.ndarray:
+        """E_yy(y) v."""
+        y, x, theta = self.check_inputs(y, x, theta)
+        v = as_image("v", v)
+        same_shape(("v", "y"), v, y)
+        return self.hessian(y, x, theta)(v)
+
+    def mixed(self, y, x, theta, u) -> np.ndarray:
+        """E_wy^T u, checked (see :meth:`mixed_product`)."""
+        y, x, theta = self.check_inputs(y, x, theta)
+        u = as_image("u", u)
+        same_shape(("u", "y"), u, y)
+        return self.mixed_product(y, x, theta, u)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"

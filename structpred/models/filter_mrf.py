@@ -1,0 +1,288 @@
+"""Filter-based MRFs: Fields of Experts and the Gaussian MRF.
+
+Energy (denoising)::
+
+    E(y; x, theta) = lam/2 ||y - x||^2 + sum_k alpha_k sum_p rho(z_kp),   z_k = F_k (*) y
+
+with ``(*)`` the 'valid' correlation of :mod:`structpred.kernels.correlation`: a filter
+response exists only where the whole m x m filter lies inside the image, in training and
+in testing alike (no padding, so no boundary model to learn).
+
+Parameters (the flat vector ``theta`` in this order):
+
+* ``filters`` (K, nb): filter coefficients. With ``basis="dct"`` the filter is
+  ``F_k = sum_j filters[k, j] B_j`` over the m*m - 1 DCT basis filters without DC
+  (zero-mean filters, Chen et al. 2013); with ``basis="free"`` nb = m*m and
+  ``filters[k]`` is the flattened filter itself.
+* ``log_alpha`` (K,): alpha_k = exp(log_alpha_k) > 0, the expert weights.
+* ``log_lambda`` (1,): lam = exp(log_lambda) > 0, the data-term weight.
+
+The penalty is ``rho(z) = log(1 + c z^2)`` (Student-t, Fields of Experts; c = 1/2 as in
+Roth & Black and the peer implementation, c = 1 in Chen et al. 2013) or ``c z^2 / 2``
+(Gaussian MRF, whose argmin solves a linear system).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from structpred.kernels.correlation import (
+    adjoint_row_add, correlate, correlate_row, filter_gradient, valid_shape,
+)
+from structpred.kernels.penalties import penalty_terms
+from structpred.models.base import EnergyModel
+from structpred.models.dct import dct_filters
+from structpred.models.penalties import get_penalty
+
+BASES = ("dct", "free")
+
+
+# ----------------------------------------------------------------------------- kernels
+@njit(parallel=True, nogil=True, cache=True)
+def _prior_pass(y, F, weights, kind, c, Z, erow):
+    """Z[k] <- weights_k rho'(F_k (*) y); erow[i] <- prior energy of response row i."""
+    K = F.shape[0]
+    Hv, Wv = Z.shape[1], Z.shape[2]
+    for i in prange(Hv):
+        acc = 0.0
+        for k in range(K):
+            row = Z[k, i]
+            correlate_row(y, F, k, i, row)
+            wk = weights[k]
+            for j in range(Wv):
+                r, d1, _ = penalty_terms(kind, row[j], c)
+                acc += wk * r
+                row[j] = wk * d1
+        erow[i] = acc
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _curvature_pass(y, F, weights, kind, c, D):
+    """D[k] <- weights_k rho''(F_k (*) y): the diagonal of the prior Hessian in response space."""
+    K = F.shape[0]
+    Hv, Wv = D.shape[1], D.shape[2]
+    for i in prange(Hv):
+        for k in range(K):
+            row = D[k, i]
+            correlate_row(y, F, k, i, row)
+            wk = weights[k]
+            for j in range(Wv):
+                _, _, d2 = penalty_terms(kind, row[j], c)
+                row[j] = wk * d2
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _scaled_responses(v, F, D, S):
+    """S[k] <- D[k] * (F_k (*) v)."""
+    K = F.shape[0]
+    Hv, Wv = S.shape[1], S.shape[2]
+    for i in prange(Hv):
+        for k in range(K):
+            row = S[k, i]
+            correlate_row(v, F, k, i, row)
+            d = D[k, i]
+            for j in range(Wv):
+                row[j] *= d[j]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _adjoint_onto(R, F, base, out):
+    """out <- base + adjoint correlation of responses R."""
+    for p in prange(out.shape[0]):
+        dst = out[p]
+        dst[:] = base[p]
+        adjoint_row_add(R, F, p, dst)
+
+
+@njit(nogil=True, cache=True)
+def filter_mrf_energy_grad(y_flat, g_flat, args):
+    """Energy-gradient kernel of the filter MRF on flat views (the inner solvers' objective)."""
+    x, F, weights, lam, kind, c, Z, erow = args
+    H, W = x.shape
+    y = y_flat.reshape((H, W))
+    g = g_flat.reshape((H, W))
+    _prior_pass(y, F, weights, kind, c, Z, erow)
+    r = y - x
+    _adjoint_onto(Z, F, lam * r, g)
+    return 0.5 * lam * np.sum(r * r) + np.sum(erow)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _penalty_derivatives(Z, kind, c, D1, D2):
+    """Elementwise rho'(Z) and rho''(Z) (unweighted)."""
+    K, Hv, Wv = Z.shape
+    for i in prange(Hv):
+        for k in range(K):
+            for j in range(Wv):
+                _, d1, d2 = penalty_terms(kind, Z[k, i, j], c)
+                D1[k, i, j] = d1
+                D2[k, i, j] = d2
+
+
+# ------------------------------------------------------------------------------ model
+class FilterMRF(EnergyModel):
+    """A filter-based MRF for denoising (see the module docstring for the energy).
+
+    Parameters
+    ----------
+    num_filters : int
+        K, the number of filters (experts).
+    filter_size : int
+        m, odd, >= 3: filters are m x m.
+    penalty : str
+        ``"student_t"`` (Fields of Experts) or ``"quadratic"`` (Gaussian MRF).
+    penalty_scale : float, optional
+        The shape ``c`` of the penalty; defaults to the penalty's default (1/2 for Student-t).
+    basis : {"dct", "free"}
+        Filters as coefficients of the DCT basis without DC, or as free m x m arrays.
+    """
+
+    name = "filter_mrf"
+
+    def __init__(self, num_filters: int = 8, filter_size: int = 3, *, penalty: str = "student_t",
+                 penalty_scale: float | None = None, basis: str = "dct"):
+        if not isinstance(num_filters, (int, np.integer)) or num_filters < 1:
+            raise ValueError(f"num_filters must be a positive integer, got {num_filters!r}")
+        if (not isinstance(filter_size, (int, np.integer)) or filter_size < 3
+                or filter_size % 2 == 0):
+            raise ValueError(f"filter_size must be an odd integer >= 3, got {filter_size!r}")
+        if basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
+        self.penalty = get_penalty(penalty)
+        scale = self.penalty.default_scale if penalty_scale is None else float(penalty_scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"penalty_scale must be positive, got {penalty_scale!r}")
+        self.num_filters = int(num_filters)
+        self.filter_size = int(filter_size)
+        self.penalty_scale = scale
+        self.basis_name = basis
+        m = self.filter_size
+        # (m*m, nb): filter_k (flattened) = basis @ coefficients_k
+        self.basis = dct_filters(m).reshape(-1, m * m).T.copy() if basis == "dct" else np.eye(m * m)
+
+    # ------------------------------------------------------------------ layout
+    def param_shapes(self):
+        K = self.num_filters
+        return {"filters": (K, self.basis.shape[1]), "log_alpha": (K,), "log_lambda": (1,)}
+
+    def config(self):
+        return dict(num_filters=self.num_filters, filter_size=self.filter_size,
+                    penalty=self.penalty.name, penalty_scale=self.penalty_scale,
+                    basis=self.basis_name)
+
+    def min_image_shape(self):
+        return (self.filter_size, self.filter_size)
+
+    def init_params(self, *, sigma: float = 25.0, filter_scale: float | None = None,
+                    lam_scale: float = 4.0, seed: int = 1) -> np.ndarray:
+        """DCT filters (the K smoothest, DC excluded) times ``filter_scale`` (default 1/sigma,
+        so that a noise-only response is ~N(0, 1), at the knee of the Student-t penalty);
+        if K > m*m - 1 the rest are random zero-mean unit-norm filters (rng ``seed``);
+        alpha = 1 and lam = lam_scale / sigma^2. With the defaults this is exactly the
+        peer implementation's starting point."""
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        m, K = self.filter_size, self.num_filters
+        scale = 1.0 / sigma if filter_scale is None else float(filter_scale)
+        F = dct_filters(m)[:K].reshape(-1, m * m)
+        if K > len(F):
+            R = np.random.default_rng(seed).normal(size=(K - len(F), m, m))
+            R -= R.mean(axis=(1, 2), keepdims=True)
+            R /= np.linalg.norm(R, axis=(1, 2), keepdims=True)
+            F = np.concatenate([F, R.reshape(-1, m * m)])
+        coeffs = np.linalg.lstsq(self.basis, (scale * F).T, rcond=None)[0].T
+        return self.pack({"filters": coeffs, "log_alpha": np.zeros(K),
+                          "log_lambda": np.array([np.log(lam_scale / sigma ** 2)])})
+
+    # ------------------------------------------------------------ derived values
+    def filter_bank(self, theta) -> np.ndarray:
+        """The (K, m, m) filters of ``theta``."""
+        p = self.unpack(theta)
+        m = self.filter_size
+        return np.ascontiguousarray((p["filters"] @ self.basis.T).reshape(-1, m, m))
+
+    def weights(self, theta) -> tuple[np.ndarray, float]:
+        """(alpha, lam) of ``theta``."""
+        p = self.unpack(theta)
+        return np.exp(p["log_alpha"]), float(np.exp(p["log_lambda"][0]))
+
+    def _buffers(self, shape):
+        Hv, Wv = valid_shape(shape, (self.filter_size, self.filter_size))
+        return np.empty((self.num_filters, Hv, Wv)), np.empty(Hv)
+
+    # ---------------------------------------------------------------- kernels
+    def objective(self, x, theta):
+        alpha, lam = self.weights(theta)
+        Z, erow = self._buffers(x.shape)
+        args = (x, self.filter_bank(theta), alpha, lam, self.penalty.code, self.penalty_scale,
+                Z, erow)
+        return filter_mrf_energy_grad, args
+
+    def hessian(self, y, x, theta):
+        F = self.filter_bank(theta)
+        alpha, lam = self.weights(theta)
+        D, _ = self._buffers(y.shape)
+        _curvature_pass(y, F, alpha, self.penalty.code, self.penalty_scale, D)
+        S = np.empty_like(D)
+
+        def hvp(v):
+            v = np.ascontiguousarray(v, dtype=np.float64)
+            out = np.empty_like(v)
+            _scaled_responses(v, F, D, S)
+            _adjoint_onto(S, F, lam * v, out)
+            return out
+        return hvp
+
+    def mixed_product(self, y, x, theta, u):
+        # g(theta) = <u, grad_y E> = lam <u, y - x> + sum_k alpha_k <F_k (*) u, rho'(F_k (*) y)>
+        F = self.filter_bank(theta)
+        alpha, lam = self.weights(theta)
+        Z, _ = self._buffers(y.shape)
+        S = np.empty_like(Z)
+        D1, D2 = np.empty_like(Z), np.empty_like(Z)
+        correlate(y, F, Z)
+        correlate(u, F, S)
+        _penalty_derivatives(Z, self.penalty.code, self.penalty_scale, D1, D2)
+        d_log_alpha = alpha * np.einsum("kij,kij->k", S, D1)
+        dF = np.empty_like(F)
+        filter_gradient(u, D1, dF)                 # d/dF of <F (*) u, rho'(z)> through F (*) u
+        dF2 = np.empty_like(F)
+        filter_gradient(y, D2 * S, dF2)            # ... through z = F (*) y
+        dF = alpha[:, None, None] * (dF + dF2)
+        d_coeffs = dF.reshape(self.num_filters, -1) @ self.basis
+        d_log_lambda = lam * float(np.vdot(u, y - x))
+        return self.pack({"filters": d_coeffs, "log_alpha": d_log_alpha,
+                          "log_lambda": np.array([d_log_lambda])})
+
+
+class FieldsOfExperts(FilterMRF):
+    """Fields of Experts: K filters with the Student-t penalty alpha_k log(1 + c z^2)."""
+
+    name = "foe"
+
+    def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
+                 penalty_scale: float | None = None, basis: str = "dct"):
+        super().__init__(num_filters, filter_size, penalty="student_t",
+                         penalty_scale=penalty_scale, basis=basis)
+
+    def config(self):
+        cfg = super().config()
+        cfg.pop("penalty")
+        return cfg
+
+
+class GaussianMRF(FilterMRF):
+    """Gaussian MRF: quadratic penalty alpha_k c z^2 / 2; its argmin solves the linear system
+    (lam I + sum_k alpha_k c C_k^T C_k) y = lam x."""
+
+    name = "gmrf"
+
+    def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
+                 penalty_scale: float | None = None, basis: str = "dct"):
+        super().__init__(num_filters, filter_size, penalty="quadratic",
+                         penalty_scale=penalty_scale, basis=basis)
+
+    def config(self):
+        cfg = super().config()
+        cfg.pop("penalty")
+        return cfg

@@ -1,0 +1,108 @@
+"""The training objective: a loss on the argmin, and its gradient, for one image or a batch.
+
+One evaluation for a (noisy x, clean t) pair::
+
+    y* = argmin_y E(y; x, theta)        (inner solver, warm-started from y0 if given)
+    L  = l(y*, t)
+    dL/dtheta                           (gradient strategy: implicit by default)
+
+Over a batch the objective is the mean of the per-image losses (so that its scale does not
+depend on the batch size); images are processed one after another, each with all cores
+(the kernels are parallel over image rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from structpred.gradients.implicit import AdjointInfo, ImplicitGradient
+from structpred.losses import MSELoss, psnr
+from structpred.solvers import LBFGS, SolveResult
+from structpred.validation import as_image, same_shape
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Loss, gradient and diagnostics for one (noisy, clean) pair."""
+
+    loss: float
+    grad: np.ndarray
+    y: np.ndarray
+    solve: SolveResult
+    adjoint: AdjointInfo
+    psnr: float          #: PSNR of y against the clean image (dB)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Mean loss and gradient over a batch, with every image's result."""
+
+    loss: float
+    grad: np.ndarray
+    items: list[PairResult] = field(repr=False)
+
+    @property
+    def psnr(self) -> float:
+        """Mean PSNR of the predictions."""
+        return float(np.mean([r.psnr for r in self.items]))
+
+    @property
+    def unconverged(self) -> int:
+        """How many inner solves did not converge."""
+        return sum(not r.solve.converged for r in self.items)
+
+
+def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
+                  y0=None, u0=None) -> PairResult:
+    """Loss of ``argmin_y E(y; noisy, theta)`` against ``clean`` and its gradient in theta.
+
+    Parameters
+    ----------
+    model : EnergyModel
+    theta : array, the flat parameters
+    noisy, clean : (H, W) arrays
+    solver : inner solver (default ``LBFGS()``)
+    gradient : gradient strategy (default ``ImplicitGradient()``)
+    loss : loss object with ``value``/``grad`` (default ``MSELoss()``)
+    y0, u0 : optional warm starts for the inner solve and the adjoint solve
+    """
+    solver = LBFGS() if solver is None else solver
+    gradient = ImplicitGradient() if gradient is None else gradient
+    loss = MSELoss() if loss is None else loss
+    clean = as_image("clean", clean)
+    noisy = as_image("noisy", noisy, min_shape=model.min_image_shape())
+    same_shape(("noisy", "clean"), noisy, clean)
+    theta = model.check_params(theta)
+    res = solver.minimize(model, noisy, theta, y0=y0)
+    value = loss.value(res.y, clean)
+    g, info = gradient(model, noisy, theta, res.y, loss.grad(res.y, clean), u0=u0)
+    return PairResult(loss=value, grad=g, y=res.y, solve=res, adjoint=info,
+                      psnr=psnr(res.y, clean))
+
+
+def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                        solver=None, gradient=None, loss=None, warm: Sequence | None = None,
+                        progress=None) -> BatchResult:
+    """Mean loss and gradient over (noisy, clean) ``pairs``.
+
+    ``warm`` is an optional sequence of earlier :class:`PairResult` (or None) per pair,
+    whose ``y`` and adjoint ``u`` warm-start this evaluation. ``progress`` is an optional
+    callable invoked after each image (e.g. a progress bar's ``update``).
+    """
+    if len(pairs) == 0:
+        raise ValueError("pairs: the batch is empty")
+    if warm is not None and len(warm) != len(pairs):
+        raise ValueError(f"warm has {len(warm)} entries for {len(pairs)} pairs")
+    items = []
+    for i, (x, t) in enumerate(pairs):
+        w = None if warm is None else warm[i]
+        items.append(loss_and_grad(model, theta, x, t, solver=solver, gradient=gradient,
+                                   loss=loss, y0=None if w is None else w.y,
+                                   u0=None if w is None else w.adjoint.u))
+        if progress is not None:
+            progress()
+    n = len(items)
+    return BatchResult(loss=sum(r.loss for r in items) / n,
+                       grad=sum(r.grad for r in items) / n, items=items)

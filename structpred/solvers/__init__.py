@@ -1,0 +1,17 @@
+"""Inner solvers: minimise E(y; x, theta) over y."""
+from structpred.solvers.lbfgs import LBFGS
+from structpred.solvers.result import SolveResult, Status
+
+SOLVERS = {"lbfgs": LBFGS}
+
+
+def make_solver(name: str, **kwargs):
+    """Build an inner solver by name: ``make_solver("lbfgs", gtol=1e-6)``."""
+    try:
+        cls = SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; allowed: {sorted(SOLVERS)}") from None
+    return cls(**kwargs)
+
+
+__all__ = ["LBFGS", "SOLVERS", "SolveResult", "Status", "make_solver"]

@@ -1,0 +1,42 @@
+"""Input checks shared by the public API: each raises a ValueError that names the argument."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_image(name: str, a, *, min_shape: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """Return ``a`` as a C-contiguous float64 (H, W) array, or raise a ValueError naming it.
+
+    Rejects arrays that are not 2-D (an RGB image must be converted to gray first), that
+    hold NaN or Inf, or that are smaller than ``min_shape`` (e.g. smaller than a filter).
+    """
+    arr = np.asarray(a)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (an RGB image? convert it to grayscale first)" if arr.ndim == 3 else ""
+        raise ValueError(f"{name}: expected a 2-D grayscale image, got shape {arr.shape}{hint}")
+    if arr.shape[0] < min_shape[0] or arr.shape[1] < min_shape[1]:
+        raise ValueError(f"{name}: image of shape {arr.shape} is smaller than the "
+                         f"minimum {min_shape} (the filter size)")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or Inf)")
+    return arr
+
+
+def same_shape(names: tuple[str, str], a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} has shape {a.shape} but {names[1]} has shape {b.shape}; "
+                         "they must match")
+
+
+def as_vector(name: str, a, size: int) -> np.ndarray:
+    """Return ``a`` as a finite float64 vector of length ``size``, or raise a ValueError."""
+    arr = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    if arr.ndim != 1 or arr.size != size:
+        raise ValueError(f"{name}: expected a flat vector of {size} values, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains non-finite values (NaN or Inf)")
+    return arr

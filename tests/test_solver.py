@@ -1,0 +1,98 @@
+"""The inner L-BFGS solver: exact answers, stopping rule, reported failures."""
+import numpy as np
+import pytest
+from scipy.signal import correlate2d
+
+import structpred as sp
+from structpred.solvers import Status
+
+
+def gmrf_closed_form(model, x, theta):
+    """argmin of the Gaussian MRF by a dense linear solve built with scipy only."""
+    H, W = x.shape
+    F = model.filter_bank(theta)
+    alpha, lam = model.weights(theta)
+    basis = np.eye(H * W).reshape(H * W, H, W)
+    A = lam * np.eye(H * W)
+    for k in range(len(F)):
+        C = np.stack([correlate2d(e, F[k], mode="valid").ravel() for e in basis], axis=1)
+        A += alpha[k] * model.penalty_scale * C.T @ C
+    return np.linalg.solve(A, lam * x.ravel()).reshape(H, W)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_filters=3, filter_size=3),
+                                    dict(num_filters=4, filter_size=5, basis="free")])
+def test_lbfgs_reaches_the_gmrf_closed_form(kwargs, case, perturb):
+    model = sp.make_model("gmrf", **kwargs)
+    x, _ = case((13, 12), seed=7)
+    theta = perturb(model, seed=8)
+    exact = gmrf_closed_form(model, x, theta)
+    res = sp.LBFGS(gtol=1e-10).minimize(model, x, theta)
+    assert res.converged and res.status == Status.CONVERGED
+    assert res.grad_norm <= 1e-10
+    assert np.max(np.abs(res.y - exact)) / np.max(np.abs(exact)) < 1e-8
+
+
+def test_stopping_rule_absolute_and_relative(case):
+    model = sp.make_model("foe", num_filters=4, filter_size=3)
+    x, _ = case((20, 20))
+    theta = model.init_params()
+    g0 = np.linalg.norm(model.grad(x, x, theta))
+    res = sp.LBFGS(gtol=1e-3).minimize(model, x, theta)
+    assert res.converged and res.grad_norm <= 1e-3
+    rel = sp.LBFGS(gtol=1e-12, rtol=1e-2).minimize(model, x, theta)
+    assert rel.converged and rel.grad_norm <= 1e-2 * g0
+    assert rel.iterations < res.iterations
+    # the result's gradient norm is the true one at the returned point
+    assert np.linalg.norm(model.grad(res.y, x, theta)) == pytest.approx(res.grad_norm, rel=1e-9)
+
+
+def test_maxiter_is_reported_not_silent(case):
+    model = sp.make_model("foe", num_filters=4, filter_size=3)
+    x, _ = case((20, 20))
+    res = sp.LBFGS(gtol=1e-12, maxiter=3).minimize(model, x, model.init_params())
+    assert not res.converged and res.status == Status.MAXITER and res.iterations == 3
+    assert "maxiter" in res.message
+
+
+def test_warm_start_from_the_solution_takes_no_iterations(case):
+    model = sp.make_model("foe", num_filters=4, filter_size=3)
+    x, _ = case((20, 20))
+    theta = model.init_params()
+    solver = sp.LBFGS(gtol=1e-6)
+    first = solver.minimize(model, x, theta)
+    again = solver.minimize(model, x, theta, y0=first.y)
+    assert again.iterations == 0 and again.converged
+
+
+def test_close_to_one_energy_evaluation_per_iteration(case):
+    model = sp.make_model("foe", num_filters=8, filter_size=3)
+    x, _ = case((40, 40))
+    res = sp.LBFGS(gtol=1e-6).minimize(model, x, model.init_params())
+    assert res.converged
+    assert res.n_evals <= 1.5 * res.iterations + 5
+
+
+def test_energy_decreases_and_is_consistent(case):
+    model = sp.make_model("foe", num_filters=4, filter_size=5)
+    x, _ = case((18, 22))
+    theta = model.init_params()
+    res = sp.LBFGS().minimize(model, x, theta)
+    assert res.energy < model.energy(x, x, theta)
+    assert res.energy == pytest.approx(model.energy(res.y, x, theta), rel=1e-12)
+
+
+def test_nonfinite_energy_is_reported(case):
+    model = sp.make_model("foe", num_filters=2, filter_size=3)
+    x, _ = case((10, 10))
+    theta = model.init_params()
+    theta[model.param_slices()["log_lambda"]] = 800.0   # exp overflows to inf
+    res = sp.LBFGS().minimize(model, x, theta)
+    assert res.status == Status.NONFINITE and not res.converged
+
+
+@pytest.mark.parametrize("bad", [dict(gtol=-1), dict(gtol=0, rtol=0), dict(maxiter=-1),
+                                 dict(history=0), dict(c1=0.95, c2=0.9)])
+def test_bad_solver_settings_raise(bad):
+    with pytest.raises(ValueError):
+        sp.LBFGS(**bad)
