@@ -8,10 +8,13 @@ Quick tour::
     result = sp.LBFGS(gtol=1e-6).minimize(model, noisy, theta)      # denoise
     pair = sp.loss_and_grad(model, theta, noisy, clean)              # loss + implicit gradient
     print(sp.check_loss_gradient(model, theta, noisy, clean))        # vs finite differences
+    unrolled = sp.make_gradient("unrolled", steps=50)                # back-optimisation
+    pair = sp.loss_and_grad(model, theta, noisy, clean, gradient=unrolled)
 """
 from structpred.gradients import (
-    AdjointInfo, AdjointWarning, GradCheck, ImplicitGradient, check_grad, check_loss_gradient,
-    check_model_derivatives, make_gradient,
+    AdjointInfo, AdjointWarning, GradCheck, ImplicitGradient, TruncatedGradient,
+    UnrolledGradient, UnrolledInfo, check_grad, check_loss_gradient, check_model_derivatives,
+    make_gradient,
 )
 from structpred.losses import MSELoss, mse, psnr
 from structpred.models import (
@@ -25,7 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AdjointInfo", "AdjointWarning", "BatchResult", "EnergyModel", "FieldsOfExperts",
     "FilterMRF", "GaussianMRF", "GradCheck", "ImplicitGradient", "LBFGS", "MSELoss",
-    "PairResult", "SolveResult", "Status", "batch_loss_and_grad", "check_grad",
+    "PairResult", "SolveResult", "Status", "TruncatedGradient", "UnrolledGradient",
+    "UnrolledInfo", "batch_loss_and_grad", "check_grad",
     "check_loss_gradient", "check_model_derivatives", "loss_and_grad", "make_gradient",
     "make_model", "make_solver", "mse", "psnr",
 ]

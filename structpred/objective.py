@@ -2,9 +2,20 @@
 
 One evaluation for a (noisy x, clean t) pair::
 
-    y* = argmin_y E(y; x, theta)        (inner solver, warm-started from y0 if given)
-    L  = l(y*, t)
+    y  = prediction                     (the argmin of E, or the T-th unrolled iterate)
+    L  = l(y, t)
     dL/dtheta                           (gradient strategy: implicit by default)
+
+The gradient strategy decides what the prediction is, through one protocol
+(:func:`predict_and_grad`):
+
+* an *argmin* strategy (:class:`ImplicitGradient`) differentiates the exact minimiser: the
+  inner solver finds ``y* = argmin_y E(y; x, theta)`` (warm-started from y0 if given) and
+  the strategy is called there as ``gradient(model, x, theta, y*, dl/dy, u0)``;
+* a *trajectory* strategy (:class:`UnrolledGradient`, :class:`TruncatedGradient`) owns its
+  inner iteration, because its gradient is exact only for the iterate it produced: it has a
+  method ``predict_and_grad(model, x, theta, dl_dy, solver=, y0=, u0=)`` returning
+  ``(solve_result, grad, info)``, and the solver is not run.
 
 Over a batch the objective is the mean of the per-image losses (so that its scale does not
 depend on the batch size); images are processed one after another, each with all cores
@@ -30,8 +41,8 @@ class PairResult:
     loss: float
     grad: np.ndarray
     y: np.ndarray
-    solve: SolveResult
-    adjoint: AdjointInfo
+    solve: SolveResult   #: how y was produced (the inner solve, or the unrolled forward pass)
+    adjoint: AdjointInfo  #: the gradient's diagnostics (``UnrolledInfo`` for unrolled ones)
     psnr: float          #: PSNR of y against the clean image (dB)
 
 
@@ -54,19 +65,46 @@ class BatchResult:
         return sum(not r.solve.converged for r in self.items)
 
 
+def predict_and_grad(gradient, model, x, theta, dl_dy, *, solver, y0=None, u0=None):
+    """The prediction for ``x`` and the gradient in theta of a loss on it.
+
+    Parameters
+    ----------
+    gradient : gradient strategy (argmin or trajectory; see the module docstring)
+    model : EnergyModel
+    x, theta : checked input image and parameters
+    dl_dy : callable, prediction -> dl/dy
+    solver : inner solver (used by argmin strategies only)
+    y0, u0 : optional warm starts of the prediction and of the adjoint solve
+
+    Returns
+    -------
+    (SolveResult, grad, info)
+    """
+    own = getattr(gradient, "predict_and_grad", None)
+    if own is not None:
+        return own(model, x, theta, dl_dy, solver=solver, y0=y0, u0=u0)
+    res = solver.minimize(model, x, theta, y0=y0)
+    g, info = gradient(model, x, theta, res.y, dl_dy(res.y), u0=u0)
+    return res, g, info
+
+
 def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
                   y0=None, u0=None) -> PairResult:
-    """Loss of ``argmin_y E(y; noisy, theta)`` against ``clean`` and its gradient in theta.
+    """Loss of the prediction for ``noisy`` against ``clean`` and its gradient in theta.
+
+    The prediction is ``argmin_y E(y; noisy, theta)`` for the default (implicit) gradient,
+    or the T-th iterate of an unrolled strategy's inner iteration.
 
     Parameters
     ----------
     model : EnergyModel
     theta : array, the flat parameters
     noisy, clean : (H, W) arrays
-    solver : inner solver (default ``LBFGS()``)
-    gradient : gradient strategy (default ``ImplicitGradient()``)
+    solver : inner solver (default ``LBFGS()``; unused by unrolled strategies)
+    gradient : gradient strategy (default ``ImplicitGradient()``; see ``make_gradient``)
     loss : loss object with ``value``/``grad`` (default ``MSELoss()``)
-    y0, u0 : optional warm starts for the inner solve and the adjoint solve
+    y0, u0 : optional warm starts for the prediction and the adjoint solve
     """
     solver = LBFGS() if solver is None else solver
     gradient = ImplicitGradient() if gradient is None else gradient
@@ -75,10 +113,9 @@ def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, los
     noisy = as_image("noisy", noisy, min_shape=model.min_image_shape())
     same_shape(("noisy", "clean"), noisy, clean)
     theta = model.check_params(theta)
-    res = solver.minimize(model, noisy, theta, y0=y0)
-    value = loss.value(res.y, clean)
-    g, info = gradient(model, noisy, theta, res.y, loss.grad(res.y, clean), u0=u0)
-    return PairResult(loss=value, grad=g, y=res.y, solve=res, adjoint=info,
+    res, g, info = predict_and_grad(gradient, model, noisy, theta,
+                                    lambda y: loss.grad(y, clean), solver=solver, y0=y0, u0=u0)
+    return PairResult(loss=loss.value(res.y, clean), grad=g, y=res.y, solve=res, adjoint=info,
                       psnr=psnr(res.y, clean))
 
 

@@ -5,12 +5,18 @@ from structpred.gradients.check import (
 from structpred.gradients.implicit import (
     AdjointInfo, AdjointWarning, ImplicitGradient, conjugate_gradient,
 )
+from structpred.gradients.unrolled import (
+    TruncatedGradient, UnrolledGradient, UnrolledInfo, estimate_lipschitz,
+)
 
-GRADIENTS = {"implicit": ImplicitGradient}
+#: registry of gradient strategies: ``name`` in the config -> class
+GRADIENTS = {"implicit": ImplicitGradient, "unrolled": UnrolledGradient,
+             "truncated": TruncatedGradient}
 
 
 def make_gradient(name: str, **kwargs):
-    """Build a gradient strategy by name: ``make_gradient("implicit", rtol=1e-8)``."""
+    """Build a gradient strategy by name: ``make_gradient("implicit", rtol=1e-8)``,
+    ``make_gradient("unrolled", steps=50)``, ``make_gradient("truncated", truncate=20)``."""
     try:
         cls = GRADIENTS[name]
     except KeyError:
@@ -19,5 +25,6 @@ def make_gradient(name: str, **kwargs):
 
 
 __all__ = ["AdjointInfo", "AdjointWarning", "GRADIENTS", "GradCheck", "ImplicitGradient",
-           "check_grad", "check_loss_gradient", "check_model_derivatives",
-           "conjugate_gradient", "make_gradient"]
+           "TruncatedGradient", "UnrolledGradient", "UnrolledInfo", "check_grad",
+           "check_loss_gradient", "check_model_derivatives", "conjugate_gradient",
+           "estimate_lipschitz", "make_gradient"]
