@@ -1,0 +1,192 @@
+"""Image sets: scikit-image's bundled photographs (no download) or a folder of images.
+
+A *split* (train, val or test) is described by a mapping with either
+
+* ``images``: names of scikit-image photographs (``skimage.data.<name>()``, converted to
+  gray), or
+* ``path``: a folder of grayscale images (``glob`` pattern, default ``*.png``), e.g. the
+  Berkeley ``train400/`` and ``bsd68/`` folders,
+
+and optionally ``start``/``limit`` (a slice of the sorted list), ``crop`` (square crops of
+this size, or null for whole images) and ``crops_per_image``. Crop positions and noise are
+drawn from generators seeded by (seed, split, index), so they are reproducible.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from structpred.data.noise import SPLITS, add_noise, noise_rng
+
+log = logging.getLogger(__name__)
+
+#: photographs that scikit-image ships inside its wheel (no network access needed)
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins",
+                  "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
+                  "page", "rocket", "text")
+
+
+class DataError(ValueError):
+    """A dataset problem (missing folder, unreadable or unsuitable image); names the path."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Clean images, their noisy versions and their names."""
+
+    names: list[str]
+    clean: list[np.ndarray] = field(repr=False)
+    noisy: list[np.ndarray] = field(repr=False)
+    sigma: float = 25.0
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def pairs(self, indices=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(noisy, clean) pairs, all or those at ``indices``."""
+        idx = range(len(self)) if indices is None else indices
+        return [(self.noisy[i], self.clean[i]) for i in idx]
+
+    def describe(self) -> str:
+        shapes = sorted({c.shape for c in self.clean})
+        return f"{len(self)} images, shapes {shapes[:3]}{' ...' if len(shapes) > 3 else ''}"
+
+
+# ---------------------------------------------------------------------------- reading
+def _to_gray255(img: np.ndarray, where: str) -> np.ndarray:
+    """uint8/uint16/float image -> float64 gray in 0..255; RGB is an error naming ``where``."""
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        raise DataError(f"{where}: RGB image of shape {arr.shape}; structpred works on "
+                        "grayscale images (convert it, e.g. skimage.color.rgb2gray)")
+    if arr.ndim != 2:
+        raise DataError(f"{where}: expected a 2-D grayscale image, got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = arr / 257.0
+    elif arr.dtype == bool:
+        arr = arr * 255.0
+    out = np.asarray(arr, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise DataError(f"{where}: contains NaN or Inf values")
+    return out
+
+
+def read_image(path) -> np.ndarray:
+    """Read a grayscale image file as float64 in 0..255; DataError naming the path if not."""
+    import imageio.v3 as iio
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        img = iio.imread(path)
+    except Exception as exc:  # imageio raises many types; all mean "cannot read"
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    return _to_gray255(img, str(path))
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """A scikit-image photograph in gray, 0..255 (colour ones converted with rgb2gray)."""
+    from skimage import color, data
+    if name not in SKIMAGE_PHOTOS:
+        raise DataError(f"skimage:{name}: unknown photograph; allowed: {list(SKIMAGE_PHOTOS)}")
+    img = np.asarray(getattr(data, name)())
+    if img.ndim == 3:
+        img = color.rgb2gray(img[..., :3]) * 255.0
+    return _to_gray255(img, f"skimage:{name}")
+
+
+def _list_folder(path, pattern: str) -> list[Path]:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (set data.root or the split's path; see "
+                        "README 'Training, tracking and evaluation')")
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no images matching {pattern!r}")
+    return files
+
+
+# ---------------------------------------------------------------------------- splits
+def _crops(img: np.ndarray, size, count: int, rng: np.random.Generator):
+    """``count`` random square crops of ``size`` (the whole image if size is None)."""
+    if size is None:
+        return [img]
+    h, w = img.shape
+    size = int(size)
+    if size >= min(h, w):  # the image is no bigger than a crop: use it whole
+        return [img]
+    out = []
+    for _ in range(int(count)):
+        i, j = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out.append(np.ascontiguousarray(img[i:i + size, j:j + size]))
+    return out
+
+
+def _sources(spec: Mapping) -> list[tuple[str, callable]]:
+    """(name, loader) of each image of a split, after ``start``/``limit``."""
+    if spec.get("images") is not None:
+        items = [(f"{n}", (lambda n=n: skimage_photo(n))) for n in spec["images"]]
+    elif spec.get("path") is not None:
+        files = _list_folder(spec["path"], spec.get("glob") or "*.png")
+        items = [(p.stem, (lambda p=p: read_image(p))) for p in files]
+    else:
+        raise DataError("a data split needs 'images' (scikit-image names) or 'path' (a folder)")
+    start = int(spec.get("start") or 0)
+    limit = spec.get("limit")
+    items = items[start:] if limit is None else items[start:start + int(limit)]
+    if not items:
+        raise DataError(f"{spec.get('path') or 'images'}: the split is empty after "
+                        f"start={start}, limit={limit}")
+    return items
+
+
+def load_split(split: str, spec: Mapping, *, sigma: float, seed: int, rounded: bool = False,
+               min_shape=(1, 1)) -> Dataset:
+    """Load one split: images, crops and their noisy versions."""
+    names, clean, noisy = [], [], []
+    for k, (name, load) in enumerate(_sources(spec)):
+        img = load()
+        crop_rng = np.random.default_rng([int(seed), SPLITS[split], k, 7])
+        pieces = _crops(img, spec.get("crop"), spec.get("crops_per_image") or 1, crop_rng)
+        for c, piece in enumerate(pieces):
+            where = name if len(pieces) == 1 else f"{name}#{c}"
+            if piece.shape[0] < min_shape[0] or piece.shape[1] < min_shape[1]:
+                raise DataError(f"{where}: image of shape {piece.shape} is smaller than the "
+                                f"filter ({min_shape[0]}x{min_shape[1]})")
+            names.append(where)
+            clean.append(piece)
+            noisy.append(add_noise(piece, sigma, noise_rng(seed, split, len(noisy)),
+                                   rounded=rounded))
+    return Dataset(names=names, clean=clean, noisy=noisy, sigma=float(sigma))
+
+
+def load_skimage(names, **kw) -> Dataset:
+    """A test split made of whole scikit-image photographs."""
+    return load_split("test", {"images": list(names)}, **kw)
+
+
+def load_folder(path, **kw) -> Dataset:
+    """A test split made of every PNG of a folder."""
+    return load_split("test", {"path": str(path)}, **kw)
+
+
+def load_splits(data_cfg: Mapping, min_shape=(1, 1), splits=("train", "val", "test")):
+    """Every split of a data config that is present (``val`` may be null).
+
+    Returns a dict split -> Dataset (or None for an absent split).
+    """
+    out = {}
+    for split in splits:
+        spec = data_cfg.get(split)
+        if spec is None:
+            out[split] = None
+            continue
+        out[split] = load_split(split, spec, sigma=float(data_cfg["sigma"]),
+                                seed=int(data_cfg["seed"]), rounded=bool(data_cfg.get("rounded")),
+                                min_shape=min_shape)
+        log.info("data %s: %s", split, out[split].describe())
+    return out

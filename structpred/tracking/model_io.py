@@ -1,0 +1,100 @@
+"""Trained-model files and loading a model back from a run.
+
+A model file (``structpred_model.npz``) holds the flat parameters and, as JSON, the model's
+registry name and constructor arguments, the inner solver's settings and the training sigma:
+enough to rebuild and use the model with nothing else.
+
+:func:`load_model` accepts a model file, a folder holding one (a Hydra run folder, a
+downloaded artifact folder), an MLflow run id or ``runs:/<run id>``; it returns a
+:class:`TrainedModel` whose ``denoise(noisy)`` runs the inner solver.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "structpred_model.npz"
+MODEL_ARTIFACT_DIR = "final_model"       #: run artifact folder holding MODEL_FILE
+
+
+@dataclass
+class TrainedModel:
+    """A model, its parameters and the inner solver that denoises with it."""
+
+    model: object
+    theta: np.ndarray
+    solver: object
+    meta: dict = field(default_factory=dict)
+
+    def denoise(self, noisy) -> np.ndarray:
+        """``argmin_y E(y; noisy, theta)`` of one (H, W) image in 0..255."""
+        return self.solver.minimize(self.model, np.asarray(noisy, dtype=np.float64),
+                                    self.theta).y
+
+    def predict(self, images):
+        """Denoise one image or a list of images."""
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            return self.denoise(images)
+        return [self.denoise(im) for im in images]
+
+
+def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> Path:
+    """Write a model file (atomic enough for our use: written once at the end of a run)."""
+    from dataclasses import asdict
+    head = {"model": {"name": model.name, **model.config()},
+            "solver": ({"name": "lbfgs", **asdict(solver)} if solver is not None else None),
+            "meta": meta or {}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, theta=np.asarray(theta, dtype=np.float64),
+             header=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8))
+    return path
+
+
+def read_model_file(path, solver=None) -> TrainedModel:
+    """Rebuild a :class:`TrainedModel` from a model file."""
+    import structpred as sp
+    with np.load(path, allow_pickle=False) as z:
+        theta = np.array(z["theta"])
+        head = json.loads(z["header"].tobytes().decode())
+    spec = dict(head["model"])
+    model = sp.make_model(spec.pop("name"), **spec)
+    if solver is None:
+        sspec = dict(head.get("solver") or {"name": "lbfgs"})
+        solver = sp.make_solver(sspec.pop("name"), **sspec)
+    return TrainedModel(model=model, theta=model.check_params(theta), solver=solver,
+                        meta=head.get("meta", {}))
+
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _find_file(folder: Path) -> Path | None:
+    hits = sorted(folder.rglob(MODEL_FILE))
+    return hits[0] if hits else None
+
+
+def load_model(ref, *, solver=None, tracking_uri: str | None = None) -> TrainedModel:
+    """Load a trained model from a file, a folder, a run id or ``runs:/<run id>``."""
+    ref = str(ref)
+    p = Path(ref)
+    if p.is_file():
+        return read_model_file(p, solver)
+    if p.is_dir():
+        f = _find_file(p)
+        if f is None:
+            raise FileNotFoundError(f"{p}: no {MODEL_FILE} in this folder")
+        return read_model_file(f, solver)
+    run_id = ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref
+    if not _RUN_ID.match(run_id):
+        raise FileNotFoundError(f"{ref}: not a model file, a folder or an MLflow run id")
+    import mlflow
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                artifact_path=f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}")
+    return read_model_file(local, solver)

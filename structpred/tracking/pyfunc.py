@@ -1,0 +1,53 @@
+"""The trained model as an MLflow pyfunc: ``mlflow.pyfunc.load_model(uri).predict(noisy)``.
+
+``predict`` takes one (H, W) array in 0..255, or a list of them, and returns the denoised
+image(s). The model file travels as the pyfunc's artifact ``model_file``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import mlflow.pyfunc
+
+from structpred.tracking.model_io import MODEL_FILE
+
+# MLflow asks for type hints on predict (to validate inputs); ours takes arrays or lists of
+# arrays, which its hint-based validation does not describe, so its notice is silenced.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method",
+                        category=UserWarning)
+
+
+class StructpredPyfunc(mlflow.pyfunc.PythonModel):
+    """Wraps :class:`structpred.tracking.model_io.TrainedModel` for MLflow."""
+
+    def load_context(self, context):
+        from structpred.tracking.model_io import read_model_file
+        self.trained = read_model_file(context.artifacts["model_file"])
+
+    def predict(self, context, model_input, params=None):
+        return self.trained.predict(model_input)
+
+
+def log_pyfunc(model_file, name: str = "model"):
+    """Log ``model_file`` as a pyfunc model of the active run; returns the ModelInfo."""
+    import numpy as np
+    import scipy
+    import numba
+    reqs = [f"numpy=={np.__version__}", f"scipy=={scipy.__version__}",
+            f"numba=={numba.__version__}", "structpred"]
+    import logging
+    import warnings
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)   # the cloudpickle notice is expected: our class is importable
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # no type hints: inputs are arrays
+            return mlflow.pyfunc.log_model(name=name, python_model=StructpredPyfunc(),
+                                           artifacts={"model_file": str(model_file)},
+                                           pip_requirements=reqs)
+    finally:
+        quiet.setLevel(level)
+
+
+__all__ = ["MODEL_FILE", "StructpredPyfunc", "log_pyfunc"]

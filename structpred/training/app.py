@@ -1,0 +1,296 @@
+"""The training application behind ``python -m structpred.train`` (Hydra-independent: it
+takes a composed config, so tests can run it through Hydra's compose API)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from structpred.data import DataError, load_splits
+from structpred.losses import psnr
+from structpred.training import config as C
+from structpred.training.checkpoint import load_checkpoint, save_checkpoint
+from structpred.training.loop import Interrupted, StopFlag, TrainObjective, Trainer, denoise_all
+
+log = logging.getLogger("structpred.train")
+
+CKPT_NAME = "last.npz"
+CKPT_TAG = "structpred.checkpoint"
+
+
+def fail(message: str, code: int = C.EXIT_CONFIG):
+    """One line on stderr, then exit (no traceback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def guarded(fn, cfg, **kw):
+    """Run ``fn(cfg)``; configuration and data errors become one line and exit status 2."""
+    try:
+        return fn(cfg, **kw)
+    except (C.ConfigError, DataError) as exc:
+        fail(str(exc))
+
+
+# ----------------------------------------------------------------------------- resume
+def find_checkpoint(ref: str, tracking_uri: str | None) -> Path:
+    """A checkpoint file from a file, a run folder, or an MLflow run id."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        hits = sorted(p.rglob(CKPT_NAME))
+        if hits:
+            return hits[0]
+        raise C.ConfigError("resume", f"{p}: no {CKPT_NAME} in this folder")
+    try:
+        import mlflow
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        run = mlflow.MlflowClient().get_run(ref)
+    except Exception as exc:
+        raise C.ConfigError("resume", f"{ref!r} is not a checkpoint file, a run folder or a "
+                            f"known MLflow run id ({type(exc).__name__})") from None
+    local = run.data.tags.get(CKPT_TAG)
+    if local and Path(local).is_file():
+        return Path(local)
+    import mlflow
+    return Path(mlflow.artifacts.download_artifacts(run_id=ref,
+                                                    artifact_path=f"checkpoints/{CKPT_NAME}"))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _progress_enabled(cfg) -> bool:
+    if cfg.progress == "auto":
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+            return HydraConfig.get().mode != RunMode.MULTIRUN
+        except Exception:  # not under Hydra (compose API, scripts)
+            return sys.stderr.isatty()
+    return bool(cfg.progress)
+
+
+def _tracker(cfg):
+    from structpred.tracking.mlflow_tracker import Tracker
+    if not cfg.tracking.enabled:
+        return None
+    return Tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
+
+
+def _psnrs(ys, data) -> list[float]:
+    return [psnr(y, t) for y, t in zip(ys, data.clean)]
+
+
+def _summary(test, init_ps, final_ps) -> str:
+    noisy = [psnr(x, t) for x, t in zip(test.noisy, test.clean)]
+    lines = [f"PSNR on {len(test)} held-out images at sigma = {test.sigma:g} (dB):",
+             f"  {'image':<16}{'noisy':>8}{'initial':>9}{'trained':>9}"]
+    for n, a, b, c in zip(test.names, noisy, init_ps, final_ps):
+        lines.append(f"  {n:<16}{a:8.2f}{b:9.2f}{c:9.2f}")
+    lines.append(f"  {'mean':<16}{np.mean(noisy):8.2f}{np.mean(init_ps):9.2f}"
+                 f"{np.mean(final_ps):9.2f}")
+    return "\n".join(lines), float(np.mean(noisy))
+
+
+# ------------------------------------------------------------------------------- main
+def train(cfg: DictConfig) -> float | None:
+    """Train the model a config describes; returns ``cfg.optimized_metric`` at the end."""
+    C.validate(cfg)
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log.info(C.set_threads(cfg))
+    model = C.build_model(cfg)
+    solver = C.build_solver(cfg)
+    gradient = C.build_gradient(cfg)
+    optimizer = C.build_optimizer(cfg)
+    theta0 = C.init_params(model, cfg)
+    data = load_splits(cfg.data, min_shape=model.min_image_shape())
+    train_set, val_set, test_set = data["train"], data["val"], data["test"]
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
+
+    state, meta = None, {}
+    tracker = _tracker(cfg)
+    if cfg.resume:
+        ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
+        name, state, meta = load_checkpoint(ref)
+        if name != optimizer.name or state.theta.size != model.num_params:
+            raise C.ConfigError("resume", f"{ref}: checkpoint of a {name} run with "
+                                f"{state.theta.size} parameters does not match this config")
+        log.info("resuming from %s at outer iteration %d", ref, state.iteration)
+    if tracker:
+        tracker.start(run_id=meta.get("run_id"), run_name=cfg.tracking.run_name,
+                      tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags)})
+        if not cfg.resume:
+            from structpred.tracking.mlflow_tracker import flatten
+            tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        tracker.set_tags({CKPT_TAG: str(ckpt_path.resolve()), "structpred.output_dir":
+                          str(out_dir.resolve())})
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        tracker.log_artifact(out_dir / "config.yaml")
+    history: list[dict] = list(meta.get("history", []))
+
+    stop = StopFlag()
+    bar = None
+    fun = TrainObjective(model, solver, gradient, train_set.pairs(), on_image=stop.check)
+    status = "FAILED"
+    try:
+        with stop:
+            log.info("model %s: %d parameters; %d training images. The first evaluation "
+                     "compiles the Numba kernels (tens of seconds, once; cached on disk).",
+                     model.name, model.num_params, len(train_set))
+            if state is None:
+                t0 = time.perf_counter()
+                state = optimizer.init(fun, theta0, len(train_set))
+                log.info("initial evaluation in %.1f s", time.perf_counter() - t0)
+            elif state.last is None and optimizer.name == "lbfgs":
+                pass  # the resumed L-BFGS state carries its loss and gradient
+            if state.last is not None and state.iteration == 0:
+                m0 = _metrics0(state)
+                _validate_into(m0, model, state.theta, val_set, solver, cfg, 0)
+                history.append({"step": 0, **m0})
+                if tracker:
+                    tracker.log_metrics(m0, 0)
+            if _progress_enabled(cfg):
+                from tqdm import tqdm
+                bar = tqdm(total=optimizer.max_iter, initial=state.iteration, desc="outer",
+                           unit="it", dynamic_ncols=True)
+
+            def on_step(st, metrics):
+                _validate_into(metrics, model, st.theta, val_set, solver, cfg, st.iteration)
+                history.append({"step": st.iteration, **metrics})
+                if tracker:
+                    tracker.log_metrics(metrics, st.iteration)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['train_loss']:.4g}",
+                                    psnr=f"{metrics['train_psnr']:.2f}",
+                                    val=f"{metrics.get('val_psnr', float('nan')):.2f}",
+                                    inner=f"{metrics['inner_iters_mean']:.0f}",
+                                    cg=f"{metrics['adjoint_iters_mean']:.0f}")
+                else:
+                    log.info("iter %d: loss %.5g, train PSNR %.2f, val PSNR %s, |g| %.3g, "
+                             "inner %.1f/%d, adjoint %.1f, %d evals, %.1f s", st.iteration,
+                             metrics["train_loss"], metrics["train_psnr"],
+                             f"{metrics['val_psnr']:.2f}" if "val_psnr" in metrics else "-",
+                             metrics["grad_norm"], metrics["inner_iters_mean"],
+                             metrics["inner_iters_max"], metrics["adjoint_iters_mean"],
+                             metrics["evals"], metrics["wall_time"])
+                every = int(cfg.checkpoint.every)
+                if every and st.iteration % every == 0:
+                    _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"])
+
+            trainer = Trainer(optimizer, fun, state, on_step,
+                              elapsed0=float(meta.get("elapsed", 0.0)))
+            state = trainer.run()
+            if bar is not None:
+                bar.close()
+                bar = None
+            log.info("training stopped: %s", trainer.reason)
+            elapsed = history[-1]["wall_time"] if history and "wall_time" in history[-1] else 0
+            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed)
+            if tracker:
+                tracker.log_artifact(ckpt_path, "checkpoints")
+            result = _finish(cfg, model, solver, theta0, state, test_set, val_set, history,
+                             out_dir, tracker, trainer.reason)
+            status = "FINISHED"
+            return result
+    except Interrupted as exc:
+        last = trainer.state if "trainer" in locals() else state
+        if last is not None:
+            elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
+            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed)
+            if tracker:
+                tracker.log_artifact(ckpt_path, "checkpoints")
+        status = "KILLED"
+        if bar is not None:
+            bar.close()
+            bar = None
+        run = f" or resume={tracker.run_id}" if tracker else ""
+        print(f"{exc}: checkpoint saved to {ckpt_path}; continue with "
+              f"resume={ckpt_path}{run}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + exc.signum) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if tracker:
+            tracker.end(status)
+
+
+def _metrics0(state) -> dict:
+    r = state.last
+    return {"train_loss": float(r.loss), "train_psnr": float(r.psnr),
+            "grad_norm": float(np.linalg.norm(r.grad)),
+            "inner_iters_mean": float(np.mean([i.solve.iterations for i in r.items])),
+            "inner_iters_max": float(np.max([i.solve.iterations for i in r.items])),
+            "adjoint_iters_mean": float(np.mean([i.adjoint.iterations for i in r.items])),
+            "adjoint_iters_max": float(np.max([i.adjoint.iterations for i in r.items])),
+            "adjoint_residual_max": float(max(i.adjoint.residual for i in r.items)),
+            "wall_time": 0.0}
+
+
+def _validate_into(metrics, model, theta, val_set, solver, cfg, step):
+    every = int(cfg.val_every)
+    if val_set is None or not every or step % every:
+        return
+    ys = denoise_all(model, theta, val_set.noisy, solver)
+    metrics["val_psnr"] = float(np.mean(_psnrs(ys, val_set)))
+
+
+def _save(path, optimizer, state, cfg, tracker, history, elapsed):
+    if not cfg.checkpoint.save_warm:
+        from dataclasses import replace
+        state = replace(state, warm=(None,) * len(state.warm))
+    meta = {"run_id": tracker.run_id if tracker else None, "history": history,
+            "elapsed": float(elapsed), "config": OmegaConf.to_container(cfg, resolve=True)}
+    save_checkpoint(path, optimizer.name, state, meta)
+
+
+def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_dir, tracker,
+            reason):
+    """Summary on the held-out images, model file, pictures, MLflow artifacts."""
+    from structpred.tracking import plots
+    from structpred.tracking.model_io import MODEL_ARTIFACT_DIR, MODEL_FILE, save_model
+    theta = state.theta
+    init_ys = denoise_all(model, theta0, test_set.noisy, solver)
+    final_ys = denoise_all(model, theta, test_set.noisy, solver)
+    init_ps, final_ps = _psnrs(init_ys, test_set), _psnrs(final_ys, test_set)
+    text, noisy_mean = _summary(test_set, init_ps, final_ps)
+    print(text, flush=True)
+    log.info("stopped because: %s", reason)
+    final = {"test_psnr_noisy": noisy_mean, "test_psnr_init": float(np.mean(init_ps)),
+             "test_psnr": float(np.mean(final_ps))}
+    if val_set is not None:
+        final["val_psnr"] = float(np.mean(_psnrs(denoise_all(model, theta, val_set.noisy,
+                                                             solver), val_set)))
+    model_file = save_model(out_dir / MODEL_FILE, model, theta, solver=solver,
+                            meta={"sigma": float(cfg.data.sigma), "iterations": state.iteration,
+                                  **final})
+    art = out_dir / "artifacts"
+    art.mkdir(exist_ok=True)
+    pics = [plots.plot_filters(model, theta, art / "filters.png"),
+            plots.plot_comparison(test_set.noisy[0], final_ys[0], test_set.clean[0],
+                                  art / "comparison.png",
+                                  psnrs=[psnr(test_set.noisy[0], test_set.clean[0]),
+                                         final_ps[0]])]
+    if history:
+        pics.append(plots.plot_curves(history, art / "curves.png"))
+    (art / "summary.txt").write_text(text + f"\nstopped because: {reason}\n")
+    if tracker:
+        tracker.log_metrics(final, state.iteration)
+        for p in pics + [art / "summary.txt"]:
+            tracker.log_artifact(p, "plots" if p.suffix == ".png" else None)
+        tracker.log_artifact(model_file, MODEL_ARTIFACT_DIR)
+        tracker.set_tags({"structpred.stop_reason": str(reason)[:5000]})
+        if cfg.tracking.log_model:
+            from structpred.tracking.pyfunc import log_pyfunc
+            log_pyfunc(model_file)
+    metric = final.get(cfg.optimized_metric)
+    return None if metric is None or not math.isfinite(metric) else metric

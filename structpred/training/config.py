@@ -1,0 +1,191 @@
+"""From a Hydra config to objects: validation up front, then building by registry name.
+
+Every group that names a registry entry (``model``, ``solver``, ``gradient``, ``optimizer``)
+has a ``name`` key selecting it; the other keys are the constructor's keyword arguments.
+:func:`validate` checks the values a user is most likely to get wrong and raises
+:class:`ConfigError` naming the key and the allowed values; the entry points print it as one
+line and exit with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+EXIT_CONFIG = 2
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str()`` is ``"<key>: <what is wrong>"``."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# ------------------------------------------------------------------------- resolvers
+def project_root() -> str:
+    """The nearest ancestor of the working directory holding ``configs/train.yaml`` and
+    ``pyproject.toml`` (the structpred checkout), else the working directory. This is where
+    the default MLflow store (``mlruns/mlflow.db``) and Hydra outputs live, so every run from
+    anywhere inside the checkout lands in the same store."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "configs" / "train.yaml").is_file() and (d / "pyproject.toml").is_file():
+            return str(d)
+    return str(here)
+
+
+def register_resolvers() -> None:
+    """Register ``${structpred_root:}`` (idempotent)."""
+    if not OmegaConf.has_resolver("structpred_root"):
+        OmegaConf.register_new_resolver("structpred_root", project_root)
+
+
+register_resolvers()
+# MLflow's artifact progress bars would interleave with ours
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# ------------------------------------------------------------------------ validation
+def _kwargs(group: Mapping) -> dict:
+    """The constructor kwargs of a registry group: everything but ``name``."""
+    return {k: v for k, v in group.items() if k != "name"}
+
+
+def _check_name(cfg, key: str, registry: Mapping) -> str:
+    group = cfg.get(key)
+    name = None if group is None else group.get("name")
+    if name not in registry:
+        raise ConfigError(f"{key}.name", f"unknown {key} {name!r}; allowed: {sorted(registry)}")
+    return name
+
+
+def _number(cfg, key: str, *, positive=False, nonneg=False, integer=False, allow_none=False):
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return None
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigError(key, f"must be {kind}, got {value!r}")
+    if positive and not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}")
+    if nonneg and not value >= 0:
+        raise ConfigError(key, f"must be >= 0, got {value!r}")
+    return value
+
+
+def _crop_sizes(cfg) -> list[tuple[str, int]]:
+    out = []
+    for split in ("train", "val", "test"):
+        spec = OmegaConf.select(cfg, f"data.{split}")
+        if spec is not None and spec.get("crop") is not None:
+            out.append((f"data.{split}.crop", _number(cfg, f"data.{split}.crop", positive=True,
+                                                      integer=True)))
+    return out
+
+
+def validate(cfg: DictConfig, *, training: bool = True) -> None:
+    """Raise :class:`ConfigError` for the first bad value (names the key, allowed values)."""
+    from structpred.gradients import GRADIENTS
+    from structpred.models import MODELS
+    from structpred.solvers import SOLVERS
+    from structpred.training.optimizers import OPTIMIZERS
+
+    _number(cfg, "data.sigma", positive=True)
+    _number(cfg, "data.seed", integer=True)
+    if training or isinstance(cfg.get("model"), DictConfig):
+        _check_name(cfg, "model", MODELS)
+    if OmegaConf.select(cfg, "model.num_filters") is not None:
+        _number(cfg, "model.num_filters", positive=True, integer=True)
+    m = OmegaConf.select(cfg, "model.filter_size")
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 3 or m % 2 == 0:
+            raise ConfigError("model.filter_size", f"must be an odd integer >= 3 "
+                              f"(3, 5, 7, ...), got {m!r}")
+        for key, size in _crop_sizes(cfg):
+            if m > size:
+                raise ConfigError("model.filter_size", f"{m} is larger than {key}={size}")
+    _check_name(cfg, "solver", SOLVERS)
+    for key in ("solver.maxiter", "solver.gtol", "solver.rtol"):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, nonneg=True, integer=key.endswith("maxiter"))
+    if not training:
+        return
+    _check_name(cfg, "gradient", GRADIENTS)
+    _check_name(cfg, "optimizer", OPTIMIZERS)
+    _number(cfg, "optimizer.max_iter", nonneg=True, integer=True)
+    for key in ("optimizer.history", "optimizer.batch_size", "optimizer.max_linesearch"):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, positive=True, integer=True)
+    for key in ("optimizer.lr", "optimizer.first_step"):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, positive=True)
+    _number(cfg, "checkpoint.every", nonneg=True, integer=True)
+    _number(cfg, "val_every", nonneg=True, integer=True)
+    if cfg.data.get("train") is None:
+        raise ConfigError("data.train", "training needs a train split")
+
+
+# -------------------------------------------------------------------------- building
+def _build(key: str, group, factory):
+    """``factory(name, **kwargs)``; a constructor's ValueError/TypeError becomes a
+    ConfigError naming the group."""
+    kwargs = _kwargs(OmegaConf.to_container(group, resolve=True))
+    try:
+        return factory(group.name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, str(exc).splitlines()[0]) from None
+
+
+def build_model(cfg):
+    from structpred.models import make_model
+    return _build("model", cfg.model, make_model)
+
+
+def build_solver(cfg):
+    from structpred.solvers import make_solver
+    return _build("solver", cfg.solver, make_solver)
+
+
+def build_gradient(cfg):
+    from structpred.gradients import make_gradient
+    return _build("gradient", cfg.gradient, make_gradient)
+
+
+def build_optimizer(cfg):
+    from structpred.training.optimizers import make_optimizer
+    return _build("optimizer", cfg.optimizer, make_optimizer)
+
+
+def init_params(model, cfg) -> Any:
+    """The model's starting point; ``init`` keys are passed to ``model.init_params``
+    (sigma defaults to the data's)."""
+    init = cfg.get("init")
+    kwargs = dict(OmegaConf.to_container(init, resolve=True)) if init else {}
+    kwargs.setdefault("sigma", float(cfg.data.sigma))
+    try:
+        return model.init_params(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("init", str(exc).splitlines()[0]) from None
+
+
+def set_threads(cfg) -> str:
+    """Give the cores to Numba (the kernels are parallel over image rows) and keep BLAS to
+    ``threads.blas`` threads (1 by default): the heavy work is in Numba, BLAS only sees
+    small vectors, and two thread pools on a small machine oversubscribe the cores."""
+    import numba
+    numba_threads = OmegaConf.select(cfg, "threads.numba")
+    blas = OmegaConf.select(cfg, "threads.blas")
+    if numba_threads:
+        numba.set_num_threads(min(int(numba_threads), numba.config.NUMBA_NUM_THREADS))
+    if blas:
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(int(blas))
+        except ImportError:  # threadpoolctl is a dependency; keep going without it
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", str(blas))
+    return f"numba threads: {numba.get_num_threads()}, BLAS threads: {blas or 'default'}"

@@ -1,0 +1,98 @@
+"""Every experiment config composes and trains in fast mode; bad values fail in one line."""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from structpred.training.app import guarded, train
+from structpred.training.config import ConfigError, validate
+from train_helpers import CONFIGS, DATA, EXPERIMENTS, compose_cfg, run_cli
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def test_experiments_exist():
+    assert {"denoise", "denoise_bsds", "denoise_bsds_s15", "denoise_bsds_s50"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_in_fast_mode(name, tmp_path, store):
+    cfg = compose_cfg([f"+experiment={name}", "+debug=fast", "tracking.log_model=false"],
+                      tmp_path, store=store)
+    assert cfg.optimizer.max_iter == 2
+    if cfg.data.name == "bsds" and not (DATA / "bsd68").is_dir():
+        pytest.skip(f"Berkeley images not found under {DATA}")
+    metric = train(cfg)
+    assert metric is not None and np.isfinite(metric)
+    assert (tmp_path / "structpred_model.npz").is_file()
+    assert (tmp_path / "checkpoints" / "last.npz").is_file()
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
+                              filter_string=f"params.`tracking.run_name` = '{cfg.tracking.run_name}'",
+                              output_format="list")
+    assert runs and runs[0].info.status == "FINISHED"
+
+
+GRADIENTS = sorted(p.stem for p in (CONFIGS / "gradient").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_every_gradient_config_trains(gradient, tmp_path):
+    cfg = compose_cfg(["+experiment=denoise", "+debug=fast", f"gradient={gradient}",
+                       "tracking.enabled=false"], tmp_path)
+    assert cfg.gradient.name == gradient
+    assert np.isfinite(train(cfg))
+
+
+BAD = [
+    ("data.sigma=-5", "data.sigma"),
+    ("model.filter_size=4", "model.filter_size"),
+    ("model.filter_size=99", "model.filter_size"),
+    ("model.name=resnet", "model.name"),
+    ("solver.name=newton", "solver.name"),
+    ("gradient.name=magic", "gradient.name"),
+    ("optimizer.name=sgd", "optimizer.name"),
+    ("optimizer.max_iter=-1", "optimizer.max_iter"),
+    ("solver.maxiter=-3", "solver.maxiter"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD)
+def test_bad_value_names_the_key(override, key, tmp_path, capsys):
+    cfg = compose_cfg(["+experiment=denoise", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+    with pytest.raises(SystemExit) as exc:
+        guarded(train, cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
+
+
+def test_unknown_name_lists_allowed_values(tmp_path):
+    cfg = compose_cfg(["model.name=resnet"], tmp_path)
+    with pytest.raises(ConfigError, match=r"allowed: \['filter_mrf', 'foe', 'gmrf'\]"):
+        validate(cfg)
+
+
+def test_missing_data_folder_is_one_line(tmp_path, capsys):
+    cfg = compose_cfg(["+experiment=denoise_bsds", f"data.root={tmp_path}/nowhere"], tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        guarded(train, cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere/train400: no such folder" in err[0]
+
+
+def test_cli_bad_value_exits_nonzero_without_traceback(tmp_path):
+    res = run_cli("structpred.train", ["+experiment=denoise", "model.filter_size=4"],
+                  tmp_path, tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == [lines[0]] and "model.filter_size" in lines[0]
