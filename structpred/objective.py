@@ -61,7 +61,9 @@ class BatchResult:
 
     @property
     def unconverged(self) -> int:
-        """How many inner solves did not converge."""
+        """How many inner solves did not converge (an unrolled prediction stops at its
+        fixed step budget, status ``MAXITER``, so with an unrolled gradient every image
+        counts; its ``solve.grad_norm`` says how far from stationary it is)."""
         return sum(not r.solve.converged for r in self.items)
 
 
