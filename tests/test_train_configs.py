@@ -38,7 +38,8 @@ def test_experiment_runs_in_fast_mode(name, tmp_path, store):
     assert runs and runs[0].info.status == "FINISHED"
 
 
-GRADIENTS = sorted(p.stem for p in (CONFIGS / "gradient").glob("*.yaml"))
+# implicit is the experiments' default, covered above
+GRADIENTS = sorted(p.stem for p in (CONFIGS / "gradient").glob("*.yaml") if p.stem != "implicit")
 
 
 @pytest.mark.parametrize("gradient", GRADIENTS)
@@ -96,3 +97,15 @@ def test_cli_bad_value_exits_nonzero_without_traceback(tmp_path):
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert lines == [lines[0]] and "model.filter_size" in lines[0]
+
+
+def test_optuna_search_config_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="optional: pip install -e '.[sweep]'")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=denoise", "+hparams_search=optuna"],
+                      return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val_psnr"
