@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -150,8 +149,6 @@ def train(cfg: DictConfig) -> float | None:
                 t0 = time.perf_counter()
                 state = optimizer.init(fun, theta0, len(train_set))
                 log.info("initial evaluation in %.1f s", time.perf_counter() - t0)
-            elif state.last is None and optimizer.name == "lbfgs":
-                pass  # the resumed L-BFGS state carries its loss and gradient
             if state.last is not None and state.iteration == 0:
                 m0 = _metrics0(state)
                 _validate_into(m0, model, state.theta, val_set, solver, cfg, 0)
