@@ -4,7 +4,6 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from structpred.training.app import guarded, train
 from structpred.training.config import ConfigError, validate
