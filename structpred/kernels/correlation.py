@@ -65,7 +65,7 @@ def correlate_adjoint(R, F, out):
         adjoint_row_add(R, F, p, out[p])
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
 def filter_gradient(y, R, out):
     """``out[k, a, b] = sum_{i,j} y[i + a, j + b] * R[k, i, j]``: the derivative of
     ``<R, correlate(y, F)>`` with respect to ``F`` (shape of ``out``: (K, m, n))."""

@@ -29,6 +29,7 @@ from numba import njit, prange
 from structpred.kernels.correlation import (
     adjoint_row_add, correlate, correlate_row, filter_gradient, valid_shape,
 )
+from structpred.kernels.filterbank import kernels_for
 from structpred.kernels.penalties import penalty_terms
 from structpred.models.base import EnergyModel
 from structpred.models.dct import dct_filters
@@ -107,7 +108,7 @@ def filter_mrf_energy_grad(y_flat, g_flat, args):
     return 0.5 * lam * np.sum(r * r) + np.sum(erow)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _penalty_derivatives(Z, kind, c, D1, D2):
     """Elementwise rho'(Z) and rho''(Z) (unweighted)."""
     K, Hv, Wv = Z.shape
@@ -211,25 +212,46 @@ class FilterMRF(EnergyModel):
         return np.empty((self.num_filters, Hv, Wv)), np.empty(Hv)
 
     # ---------------------------------------------------------------- kernels
-    def objective(self, x, theta):
-        alpha, lam = self.weights(theta)
-        Z, erow = self._buffers(x.shape)
-        args = (x, self.filter_bank(theta), alpha, lam, self.penalty.code, self.penalty_scale,
-                Z, erow)
-        return filter_mrf_energy_grad, args
+    def kernels(self):
+        """The generated (size-specialised) kernel module of this model's filter size."""
+        return kernels_for(self.filter_size)
 
-    def hessian(self, y, x, theta):
-        F = self.filter_bank(theta)
+    def _padded(self, shape):
+        m = self.filter_size
+        # zero-padded responses: the adjoint is then a plain 'valid' correlation
+        return np.zeros((self.num_filters, shape[0] + m - 1, shape[1] + m - 1))
+
+    def objective(self, x, theta, *, serial: bool = False):
+        """``(fg, args)``; ``serial=True`` gives a kernel that runs on the calling thread only
+        (for threads over images)."""
         alpha, lam = self.weights(theta)
-        D, _ = self._buffers(y.shape)
-        _curvature_pass(y, F, alpha, self.penalty.code, self.penalty_scale, D)
-        S = np.empty_like(D)
+        F = self.filter_bank(theta)
+        Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
+        Hv, _ = valid_shape(x.shape, F.shape[1:])
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        args = (x, F, Ff, alpha, lam, self.penalty.code, self.penalty_scale,
+                self._padded(x.shape), np.empty(Hv), np.empty(x.shape[0]))
+        mod = self.kernels()
+        return (mod.energy_grad_serial if serial else mod.energy_grad), args
+
+    def hessian(self, y, x, theta, *, serial: bool = False):
+        mod = self.kernels()
+        F = self.filter_bank(theta)
+        Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
+        alpha, lam = self.weights(theta)
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        D, _ = self._buffers(y.shape)          # w_k rho''(z): computed once, reused by every E_yy v
+        (mod.curvature_serial if serial else mod.curvature_pass)(
+            y, F, alpha, self.penalty.code, self.penalty_scale, D)
+        Sp = self._padded(y.shape)
+        zeros = np.zeros(y.shape)
+        drow = np.empty(y.shape[0])
+        kernel = mod.hvp_serial if serial else mod.hvp
 
         def hvp(v):
-            v = np.ascontiguousarray(v, dtype=np.float64)
+            v = np.ascontiguousarray(v, dtype=np.float64).reshape(y.shape)
             out = np.empty_like(v)
-            _scaled_responses(v, F, D, S)
-            _adjoint_onto(S, F, lam * v, out)
+            kernel(v, out, F, Ff, D, lam, Sp, zeros, drow)
             return out
         return hvp
 
@@ -240,8 +262,9 @@ class FilterMRF(EnergyModel):
         Z, _ = self._buffers(y.shape)
         S = np.empty_like(Z)
         D1, D2 = np.empty_like(Z), np.empty_like(Z)
-        correlate(y, F, Z)
-        correlate(u, F, S)
+        mod = self.kernels()
+        mod.correlate_pass(np.ascontiguousarray(y, dtype=np.float64), F, Z)
+        mod.correlate_pass(np.ascontiguousarray(u, dtype=np.float64), F, S)
         _penalty_derivatives(Z, self.penalty.code, self.penalty_scale, D1, D2)
         d_log_alpha = alpha * np.einsum("kij,kij->k", S, D1)
         dF = np.empty_like(F)

@@ -26,8 +26,9 @@ from structpred.solvers.result import SolveResult, Status
 _EPS = np.finfo(np.float64).eps
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
 def _dot(a, b):
+    # reassoc: a vectorised reduction (a sequential sum runs at one add per 4 cycles)
     s = 0.0
     for i in range(a.size):
         s += a[i] * b[i]
