@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     from structpred.data import DataError, add_noise
     from structpred.data.noise import noise_rng
     from structpred.losses import psnr
-    from structpred.tracking.model_io import load_model
+    from structpred.tracking.model_io import ModelFileError, load_model
     try:
         trained = load_model(args.model, tracking_uri=args.tracking_uri or default_tracking_uri())
-    except (FileNotFoundError, OSError) as exc:
+    except (FileNotFoundError, OSError, ModelFileError) as exc:
         print(f"error: model: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)

@@ -39,7 +39,7 @@ def evaluate(cfg: DictConfig) -> float:
     from structpred.data import load_splits
     from structpred.losses import psnr
     from structpred.tracking.mlflow_tracker import Tracker, flatten
-    from structpred.tracking.model_io import load_model
+    from structpred.tracking.model_io import ModelFileError, load_model
     from structpred.training import config as C
 
     C.validate(cfg, training=False)
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> float:
     uri = cfg.tracking.uri if cfg.tracking.enabled else None
     try:
         trained = load_model(cfg.model_ref, solver=C.build_solver(cfg), tracking_uri=uri)
-    except (FileNotFoundError, OSError) as exc:
+    except (FileNotFoundError, OSError, ModelFileError) as exc:
         raise C.ConfigError("model_ref", str(exc)) from None
     data = load_splits(cfg.data, min_shape=trained.model.min_image_shape(),
                        splits=(cfg.split,))[cfg.split]

@@ -8,11 +8,20 @@ so that every run shows up in one ``mlflow ui``. ``STRUCTPRED_MLFLOW_URI`` or
 Multirun sweeps: :class:`structpred.tracking.callbacks.MlflowSweepCallback` opens a parent
 run when the sweep starts and exports its id in ``STRUCTPRED_PARENT_RUN_ID``; each job's run
 is started as its child.
+
+Outages: an unreachable store at the start is a one-line error naming ``tracking.uri``
+(or, with ``tracking.on_unreachable=local``, a warning and a local sqlite store in the run
+folder). During a run, a failed metric write is retried ``tracking.retries`` times, then kept
+in ``<run folder>/metrics_pending.jsonl`` and in memory, and sent with the next write that
+succeeds; failed tags and artifacts are reported and skipped (the files stay in the run
+folder). Tracking never stops a training.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -57,18 +66,61 @@ def setup_experiment(uri: str, experiment: str, artifact_root: str | None = None
         return client.get_experiment_by_name(experiment).experiment_id
 
 
-class Tracker:
-    """One MLflow run of the current process (fluent API: the pyfunc logger needs it)."""
+def _unreachable(uri: str, exc: Exception):
+    from structpred.training.config import ConfigError
+    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return ConfigError("tracking.uri", f"cannot reach the MLflow store {uri} ({why}); start "
+                       "the server or fix the URI, or set tracking.on_unreachable=local (a "
+                       "local store in the run folder) or tracking.enabled=false")
 
-    def __init__(self, cfg: Mapping):
-        self.cfg = cfg
+
+class Tracker:
+    """One MLflow run of the current process (fluent API: the pyfunc logger needs it).
+
+    Parameters
+    ----------
+    cfg : mapping
+        The ``tracking`` config group (``uri``, ``experiment``, ``artifact_root``,
+        ``on_unreachable``, ``retries``, ``retry_wait``, ``http_retries``, ``http_timeout``).
+    local_dir : path, optional
+        The run folder: where metrics that could not be sent are kept, and where the local
+        fallback store goes.
+    """
+
+    def __init__(self, cfg: Mapping, local_dir=None):
+        self.cfg = dict(cfg)
+        self.local_dir = Path(local_dir) if local_dir is not None else None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.pending: list[tuple[dict, int]] = []   #: metrics not yet sent, (metrics, step)
+
+    @property
+    def pending_path(self) -> Path | None:
+        return None if self.local_dir is None else self.local_dir / "metrics_pending.jsonl"
+
+    def _connect(self) -> None:
+        """Open the experiment; an unreachable store is an error or the local fallback."""
+        # MLflow retries HTTP requests for minutes by default; a run should not hang on it
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                              str(self.cfg.get("http_retries", 2)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.cfg.get("http_timeout", 20)))
+        uri = self.cfg["uri"]
+        try:
+            self.experiment_id = setup_experiment(uri, self.cfg["experiment"],
+                                                  self.cfg.get("artifact_root"))
+            return
+        except Exception as exc:  # MLflow raises many types for "cannot connect"
+            if self.cfg.get("on_unreachable", "error") != "local" or self.local_dir is None:
+                raise _unreachable(uri, exc) from None
+            local = f"sqlite:///{(self.local_dir / 'mlruns' / 'mlflow.db').resolve()}"
+            log.warning("MLflow store %s unreachable (%s): tracking to the local store %s "
+                        "instead (tracking.on_unreachable=local)", uri, type(exc).__name__, local)
+        self.cfg.update(uri=local, artifact_root=None)
+        self.experiment_id = setup_experiment(local, self.cfg["experiment"])
 
     def start(self, *, run_id=None, run_name=None, tags=None) -> str:
         import mlflow
-        self.experiment_id = setup_experiment(self.cfg["uri"], self.cfg["experiment"],
-                                              self.cfg.get("artifact_root"))
+        self._connect()
         if run_id is not None:  # resume: reopen the same run (status back to RUNNING)
             run = mlflow.start_run(run_id=run_id)
         else:
@@ -80,25 +132,80 @@ class Tracker:
                  self.cfg["experiment"])
         return self.run_id
 
+    def attempt(self, what: str, fn, *args, **kw) -> bool:
+        """Call ``fn``; a tracking failure is reported, never raised."""
+        try:
+            fn(*args, **kw)
+            return True
+        except Exception as exc:  # network, server and store errors alike
+            log.warning("MLflow %s failed (%s: %s); training goes on", what,
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return False
+
     def log_params(self, params: Mapping[str, str]):
         import mlflow
         items = list(params.items())
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            mlflow.log_params(dict(items[i:i + 100]))
+            self.attempt("log_params", mlflow.log_params, dict(items[i:i + 100]))
 
     def set_tags(self, tags: Mapping[str, str]):
         import mlflow
-        mlflow.set_tags(dict(tags))
+        self.attempt("set_tags", mlflow.set_tags, dict(tags))
+
+    def _send(self, metrics: dict, step: int) -> bool:
+        """Send with ``retries`` retries ``retry_wait`` seconds apart (doubling)."""
+        import mlflow
+        wait = float(self.cfg.get("retry_wait", 1.0))
+        for attempt in range(int(self.cfg.get("retries", 2)) + 1):
+            if attempt:
+                time.sleep(wait)
+                wait *= 2
+            try:
+                mlflow.log_metrics(metrics, step=step)
+                return True
+            except Exception as exc:  # network, server and store errors alike
+                last = exc
+        log.warning("MLflow log_metrics at step %d failed (%s); kept in %s and sent later",
+                    step, type(last).__name__, self.pending_path or "memory")
+        return False
+
+    def _keep(self, metrics: dict, step: int) -> None:
+        self.pending.append((metrics, step))
+        if self.pending_path is not None:
+            try:
+                with open(self.pending_path, "a") as fh:
+                    fh.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+            except OSError as exc:
+                log.warning("cannot keep metrics in %s (%s)", self.pending_path, exc)
+
+    def flush(self) -> bool:
+        """Send the metrics kept after earlier failures; True when none is left."""
+        while self.pending:
+            metrics, step = self.pending[0]
+            if not self._send(metrics, step):
+                return False
+            self.pending.pop(0)
+        if self.pending_path is not None and self.pending_path.exists():
+            self.pending_path.unlink()
+        return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int):
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step))
+        """Log (retrying); on failure keep them to send later. Never raises."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.pending and not self.flush():
+            self._keep(metrics, int(step))
+        elif not self._send(metrics, int(step)):
+            self._keep(metrics, int(step))
 
     def log_artifact(self, path, artifact_path: str | None = None):
         import mlflow
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self.attempt(f"log_artifact {path}", mlflow.log_artifact, str(path),
+                  artifact_path=artifact_path)
 
     def end(self, status: str = "FINISHED"):
         import mlflow
+        if self.pending and not self.flush():
+            log.warning("%d metric records could not be sent to MLflow; they are in %s",
+                        len(self.pending), self.pending_path or "memory (lost at exit)")
         if self.run_id is not None and mlflow.active_run() is not None:
-            mlflow.end_run(status=status)
+            self.attempt("end_run", mlflow.end_run, status=status)

@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 
 MODEL_FILE = "structpred_model.npz"
+MODEL_FORMAT = 1   #: version of the model file layout (files without one are version 1)
+
+
+class ModelFileError(ValueError):
+    """A model file that is corrupt or of an incompatible version; names the file."""
 MODEL_ARTIFACT_DIR = "final_model"       #: run artifact folder holding MODEL_FILE
 
 
@@ -45,7 +50,8 @@ class TrainedModel:
 def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> Path:
     """Write a model file (atomic enough for our use: written once at the end of a run)."""
     from dataclasses import asdict
-    head = {"model": {"name": model.name, **model.config()},
+    head = {"format": MODEL_FORMAT, "structpred_version": _version(),
+            "model": {"name": model.name, **model.config()},
             "solver": ({"name": "lbfgs", **asdict(solver)} if solver is not None else None),
             "meta": meta or {}}
     path = Path(path)
@@ -55,19 +61,55 @@ def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> 
     return path
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("structpred")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def _read_raw(path):
+    """``(theta, header)`` of a model file; ModelFileError naming it if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            theta = np.array(z["theta"])
+            head = json.loads(z["header"].tobytes().decode())
+    except Exception as exc:  # zipfile, numpy, json and KeyError all mean "not a model file"
+        raise ModelFileError(f"{path}: not a structpred model file or corrupt "
+                             f"({type(exc).__name__}: {exc})") from None
+    version = head.get("format", 1)
+    if version != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: model file format version {version} (written by "
+                             f"structpred {head.get('structpred_version', 'unknown')}); this "
+                             f"structpred {_version()} reads version {MODEL_FORMAT}")
+    return theta, head
+
+
 def read_model_file(path, solver=None) -> TrainedModel:
-    """Rebuild a :class:`TrainedModel` from a model file."""
+    """Rebuild a :class:`TrainedModel` from a model file.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is corrupt, of another format version, or describes a model or parameters
+        this structpred cannot build.
+    """
     import structpred as sp
-    with np.load(path, allow_pickle=False) as z:
-        theta = np.array(z["theta"])
-        head = json.loads(z["header"].tobytes().decode())
-    spec = dict(head["model"])
-    model = sp.make_model(spec.pop("name"), **spec)
-    if solver is None:
-        sspec = dict(head.get("solver") or {"name": "lbfgs"})
-        solver = sp.make_solver(sspec.pop("name"), **sspec)
-    return TrainedModel(model=model, theta=model.check_params(theta), solver=solver,
-                        meta=head.get("meta", {}))
+    theta, head = _read_raw(path)
+    try:
+        spec = dict(head["model"])
+        model = sp.make_model(spec.pop("name"), **spec)
+        if solver is None:
+            sspec = dict(head.get("solver") or {"name": "lbfgs"})
+            solver = sp.make_solver(sspec.pop("name"), **sspec)
+        theta = model.check_params(theta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: incompatible model file (format version "
+                             f"{head.get('format', 1)}, written by structpred "
+                             f"{head.get('structpred_version', 'unknown')}): "
+                             f"{type(exc).__name__}: {exc}") from None
+    return TrainedModel(model=model, theta=theta, solver=solver, meta=head.get("meta", {}))
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")

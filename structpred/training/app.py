@@ -14,12 +14,17 @@ from omegaconf import DictConfig, OmegaConf
 from structpred.data import DataError, load_splits
 from structpred.losses import psnr
 from structpred.training import config as C
-from structpred.training.checkpoint import load_checkpoint, save_checkpoint
-from structpred.training.loop import Interrupted, StopFlag, TrainObjective, Trainer, denoise_all
+from structpred.training.checkpoint import (
+    PREV_NAME, CheckpointError, load_latest, save_checkpoint,
+)
+from structpred.training.loop import (
+    Interrupted, StopFlag, TrainingFailed, TrainObjective, Trainer, denoise_all, is_argmin,
+)
 
 log = logging.getLogger("structpred.train")
 
 CKPT_NAME = "last.npz"
+EXIT_FAILED = 3   #: the robustness policy stopped the run (README "Robustness")
 CKPT_TAG = "structpred.checkpoint"
 
 
@@ -44,7 +49,7 @@ def find_checkpoint(ref: str, tracking_uri: str | None) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        hits = sorted(p.rglob(CKPT_NAME))
+        hits = sorted(p.rglob(CKPT_NAME)) or sorted(p.rglob(PREV_NAME))
         if hits:
             return hits[0]
         raise C.ConfigError("resume", f"{p}: no {CKPT_NAME} in this folder")
@@ -76,11 +81,24 @@ def _progress_enabled(cfg) -> bool:
     return bool(cfg.progress)
 
 
-def _tracker(cfg):
+def _tracker(cfg, out_dir):
     from structpred.tracking.mlflow_tracker import Tracker
     if not cfg.tracking.enabled:
         return None
-    return Tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
+    return Tracker(OmegaConf.to_container(cfg.tracking, resolve=True), local_dir=out_dir)
+
+
+def _resume_state(ref, optimizer, model):
+    """``(state, meta)`` of the checkpoint ``ref`` (or the one before it, if torn)."""
+    try:
+        used, name, state, meta = load_latest(ref)
+    except (FileNotFoundError, CheckpointError) as exc:
+        raise C.ConfigError("resume", str(exc)) from None
+    if name != optimizer.name or state.theta.size != model.num_params:
+        raise C.ConfigError("resume", f"{used}: checkpoint of a {name} run with "
+                            f"{state.theta.size} parameters does not match this config")
+    log.info("resuming from %s at outer iteration %d", used, state.iteration)
+    return state, meta
 
 
 def _psnrs(ys, data) -> list[float]:
@@ -116,14 +134,10 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
 
     state, meta = None, {}
-    tracker = _tracker(cfg)
+    tracker = _tracker(cfg, out_dir)
     if cfg.resume:
         ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
-        name, state, meta = load_checkpoint(ref)
-        if name != optimizer.name or state.theta.size != model.num_params:
-            raise C.ConfigError("resume", f"{ref}: checkpoint of a {name} run with "
-                                f"{state.theta.size} parameters does not match this config")
-        log.info("resuming from %s at outer iteration %d", ref, state.iteration)
+        state, meta = _resume_state(ref, optimizer, model)
     if tracker:
         tracker.start(run_id=meta.get("run_id"), run_name=cfg.tracking.run_name,
                       tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags)})
@@ -185,7 +199,9 @@ def train(cfg: DictConfig) -> float | None:
                     _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"])
 
             trainer = Trainer(optimizer, fun, state, on_step,
-                              elapsed0=float(meta.get("elapsed", 0.0)))
+                              elapsed0=float(meta.get("elapsed", 0.0)),
+                              policy=C.build_policy(cfg), names=train_set.names,
+                              count_inner=is_argmin(gradient))
             state = trainer.run()
             if bar is not None:
                 bar.close()
@@ -199,21 +215,23 @@ def train(cfg: DictConfig) -> float | None:
                              out_dir, tracker, trainer.reason)
             status = "FINISHED"
             return result
-    except Interrupted as exc:
+    except (Interrupted, TrainingFailed) as exc:
         last = trainer.state if "trainer" in locals() else state
         if last is not None:
             elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
             _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed)
             if tracker:
                 tracker.log_artifact(ckpt_path, "checkpoints")
-        status = "KILLED"
+                tracker.set_tags({"structpred.stop_reason": str(exc)[:5000]})
+        killed = isinstance(exc, Interrupted)
+        status = "KILLED" if killed else "FAILED"
         if bar is not None:
             bar.close()
             bar = None
         run = f" or resume={tracker.run_id}" if tracker else ""
-        print(f"{exc}: checkpoint saved to {ckpt_path}; continue with "
-              f"resume={ckpt_path}{run}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + exc.signum) from None
+        print(f"{'' if killed else 'error: '}{exc}: checkpoint saved to {ckpt_path}; "
+              f"continue with resume={ckpt_path}{run}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + exc.signum if killed else EXIT_FAILED) from None
     finally:
         if bar is not None:
             bar.close()
@@ -247,7 +265,11 @@ def _save(path, optimizer, state, cfg, tracker, history, elapsed):
         state = replace(state, warm=(None,) * len(state.warm))
     meta = {"run_id": tracker.run_id if tracker else None, "history": history,
             "elapsed": float(elapsed), "config": OmegaConf.to_container(cfg, resolve=True)}
-    save_checkpoint(path, optimizer.name, state, meta)
+    try:
+        save_checkpoint(path, optimizer.name, state, meta)
+    except CheckpointError as exc:  # e.g. disk full: keep training, the old file is intact
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
 
 
 def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_dir, tracker,
@@ -288,6 +310,6 @@ def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_d
         tracker.set_tags({"structpred.stop_reason": str(reason)[:5000]})
         if cfg.tracking.log_model:
             from structpred.tracking.pyfunc import log_pyfunc
-            log_pyfunc(model_file)
+            tracker.attempt("log_model", log_pyfunc, model_file)
     metric = final.get(cfg.optimized_metric)
     return None if metric is None or not math.isfinite(metric) else metric

@@ -3,14 +3,22 @@ minibatch RNG state, warm starts), written atomically, plus JSON metadata (MLflo
 metric history, resolved config).
 
 The file is one ``.npz``: arrays under their field names, and ``__meta__`` (JSON) describing
-the scalar fields and how to rebuild the state. It is written to a temporary file in the same
-folder and renamed over the old one (``os.replace``), so a crash never leaves half a file.
+the scalar fields, how to rebuild the state, the file format version and a SHA-256 digest of
+the arrays. It is written to a temporary file in the same folder, flushed to disk, and renamed
+over the old one (``os.replace``), so a crash never leaves half a file under the real name;
+the file it replaces is kept as ``prev.npz`` beside it. A file that is torn, corrupt or of
+another format version raises :class:`CheckpointError`; :func:`load_latest` then falls back to
+the previous checkpoint.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -18,8 +26,16 @@ import numpy as np
 
 from structpred.training.optimizers import AdamState, LBFGSState, StepInfo, WarmStart
 
+log = logging.getLogger(__name__)
+
 STATES = {"lbfgs": LBFGSState, "adam": AdamState}
 SKIP = ("last",)  # the last BatchResult: derived, recomputed after a resume
+FORMAT_VERSION = 2  #: 1: no version or digest (still readable); 2: version + SHA-256
+PREV_NAME = "prev.npz"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or read; the message names the file."""
 
 
 def _encode(key, value, arrays: dict):
@@ -53,33 +69,129 @@ def _decode(spec, arrays):
     return spec["value"]
 
 
+def _digest(arrays: dict) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes (in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def previous_path(path) -> Path:
+    """Where the checkpoint that ``path`` replaced is kept."""
+    return Path(path).with_name(PREV_NAME)
+
+
+def _write_durably(tmp: Path, payload) -> None:
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _keep_previous(path: Path) -> None:
+    """Make ``prev.npz`` a copy of the current ``path`` (atomically: link or copy to a
+    temporary name, then rename), so ``path`` itself is never missing."""
+    if not path.is_file():
+        return
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system
+        shutil.copy2(path, tmp)
+    os.replace(tmp, prev)
+
+
 def save_checkpoint(path, optimizer_name: str, state, meta: dict | None = None) -> Path:
-    """Write ``state`` (and ``meta``) to ``path`` atomically; returns the path."""
+    """Write ``state`` (and ``meta``) to ``path`` atomically, keeping the file it replaces as
+    ``prev.npz``; returns the path.
+
+    Raises
+    ------
+    CheckpointError
+        If the file cannot be written (disk full, permissions); the previous checkpoint and
+        ``path`` are left as they were and no temporary file remains.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict = {}
     spec = {f.name: _encode(f.name, getattr(state, f.name), arrays)
             for f in fields(state) if f.name not in SKIP}
-    head = {"optimizer": optimizer_name, "state": spec, "meta": meta or {}}
+    head = {"format": FORMAT_VERSION, "sha256": _digest(arrays), "optimizer": optimizer_name,
+            "state": spec, "meta": meta or {}}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8), **arrays)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getbuffer())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_durably(tmp, buf.getbuffer())
+        _keep_previous(path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise CheckpointError(f"{path}: cannot write checkpoint ({why}); the previous "
+                              "checkpoint is unchanged") from exc
     return path
 
 
+def _read_head(path: Path):
+    """``(head, arrays)`` of a checkpoint file; CheckpointError naming it if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        head = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except Exception as exc:  # zipfile, numpy and json raise many types: all mean "torn"
+        raise CheckpointError(f"{path}: torn or corrupt checkpoint "
+                              f"({type(exc).__name__}: {exc})") from None
+    version = head.get("format", 1)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than "
+                              f"this structpred reads (<= {FORMAT_VERSION}); upgrade structpred")
+    if version >= 2 and head.get("sha256") != _digest(arrays):
+        raise CheckpointError(f"{path}: corrupt checkpoint (SHA-256 of its arrays does not "
+                              "match the one recorded when it was written)")
+    if head.get("optimizer") not in STATES:
+        raise CheckpointError(f"{path}: unknown optimizer {head.get('optimizer')!r} in "
+                              f"checkpoint; allowed: {sorted(STATES)}")
+    return head, arrays
+
+
 def load_checkpoint(path):
-    """Return ``(optimizer_name, state, meta)`` from a checkpoint file."""
+    """Return ``(optimizer_name, state, meta)`` from a checkpoint file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    CheckpointError
+        If it is torn, corrupt or of an unsupported format version.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    head = json.loads(arrays.pop("__meta__").tobytes().decode())
+    head, arrays = _read_head(path)
     cls = STATES[head["optimizer"]]
-    state = cls(**{k: _decode(s, arrays) for k, s in head["state"].items()})
+    try:
+        state = cls(**{k: _decode(s, arrays) for k, s in head["state"].items()})
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match this structpred's "
+                              f"{head['optimizer']} state ({type(exc).__name__}: {exc})") from None
     return head["optimizer"], state, head["meta"]
+
+
+def load_latest(path):
+    """:func:`load_checkpoint` of ``path``, or of the previous checkpoint beside it if
+    ``path`` is missing, torn or corrupt (with a warning). Returns
+    ``(path_used, optimizer_name, state, meta)``."""
+    path = Path(path)
+    try:
+        return (path, *load_checkpoint(path))
+    except (FileNotFoundError, CheckpointError) as exc:
+        prev = previous_path(path)
+        if prev == path or not prev.is_file():
+            raise
+        log.warning("%s; using the previous checkpoint %s", exc, prev)
+        return (prev, *load_checkpoint(prev))

@@ -109,6 +109,8 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
         for key, size in _crop_sizes(cfg):
             if m > size:
                 raise ConfigError("model.filter_size", f"{m} is larger than {key}={size}")
+    _check_penalty(cfg)
+    _check_tracking(cfg)
     _check_name(cfg, "solver", SOLVERS)
     for key in ("solver.maxiter", "solver.gtol", "solver.rtol"):
         if OmegaConf.select(cfg, key) is not None:
@@ -126,8 +128,45 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
             _number(cfg, key, positive=True)
     _number(cfg, "checkpoint.every", nonneg=True, integer=True)
     _number(cfg, "val_every", nonneg=True, integer=True)
+    _check_policy(cfg)
     if cfg.data.get("train") is None:
         raise ConfigError("data.train", "training needs a train split")
+
+
+def _check_penalty(cfg) -> None:
+    from structpred.models import PENALTIES
+    name = OmegaConf.select(cfg, "model.penalty")
+    if name is not None and name not in PENALTIES:
+        raise ConfigError("model.penalty", f"unknown penalty {name!r}; allowed: "
+                          f"{sorted(PENALTIES)}")
+
+
+def _check_tracking(cfg) -> None:
+    mode = OmegaConf.select(cfg, "tracking.on_unreachable")
+    if mode is not None and mode not in ("error", "local"):
+        raise ConfigError("tracking.on_unreachable", f"unknown mode {mode!r}; allowed: "
+                          "['error', 'local']")
+
+
+def _check_policy(cfg) -> None:
+    frac = OmegaConf.select(cfg, "trainer.max_unconverged_fraction")
+    if frac is not None and (_number(cfg, "trainer.max_unconverged_fraction") > 1 or frac < 0):
+        raise ConfigError("trainer.max_unconverged_fraction",
+                          f"must be in [0, 1] or null, got {frac!r}")
+    if OmegaConf.select(cfg, "trainer.max_loss_increase") is not None:
+        _number(cfg, "trainer.max_loss_increase", positive=True)
+    shrink = OmegaConf.select(cfg, "trainer.shrink")
+    if shrink is not None and not 0 < _number(cfg, "trainer.shrink") < 1:
+        raise ConfigError("trainer.shrink", f"must be in (0, 1), got {shrink!r}")
+    if OmegaConf.select(cfg, "trainer.max_rejections") is not None:
+        _number(cfg, "trainer.max_rejections", nonneg=True, integer=True)
+
+
+def build_policy(cfg):
+    """The outer loop's robustness policy from the ``trainer`` group (defaults if absent)."""
+    from structpred.training.loop import Policy
+    group = cfg.get("trainer")
+    return Policy(**(OmegaConf.to_container(group, resolve=True) if group else {}))
 
 
 # -------------------------------------------------------------------------- building

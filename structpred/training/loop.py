@@ -1,8 +1,12 @@
-"""The outer loop: optimiser steps, per-iteration metrics, validation, checkpoints, and a
-clean stop on SIGINT/SIGTERM."""
+"""The outer loop: optimiser steps, per-iteration metrics, validation, checkpoints, a clean
+stop on SIGINT/SIGTERM, and the robustness policy (:class:`Policy`): outer steps that give a
+non-finite or much larger loss are rejected and retried shorter from the last good
+parameters; inner solves that do not converge are reported per image and, past a fraction,
+stop the run."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,6 +26,57 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+class TrainingFailed(Exception):
+    """The robustness policy stopped the run (too many unconverged inner solves, or too many
+    rejected outer steps in a row); the last good state is kept."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the outer loop tolerates (config group ``trainer``).
+
+    Parameters
+    ----------
+    max_unconverged_fraction : float or None
+        Stop the run when, in an accepted outer iteration, more than this fraction of the
+        images' inner solves did not converge (None: never stop; each is still reported).
+        Only argmin gradients count: an unrolled prediction stops at its step budget by design.
+    max_loss_increase : float or None
+        Reject a step whose loss exceeds the last good loss by more than this factor of its
+        magnitude (None: only non-finite losses and gradients are rejected).
+    shrink : float
+        The step (line-search start, or Adam's learning rate) is multiplied by this after a
+        rejected step.
+    max_rejections : int
+        Consecutive rejected steps after which the run stops.
+    """
+
+    max_unconverged_fraction: float | None = 0.5
+    max_loss_increase: float | None = 10.0
+    shrink: float = 0.1
+    max_rejections: int = 5
+
+
+def is_argmin(gradient) -> bool:
+    """Whether ``gradient`` differentiates the inner solver's minimiser (whose convergence
+    matters) rather than owning a fixed-budget trajectory (see ``structpred.objective``)."""
+    return getattr(gradient, "predict_and_grad", None) is None
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and bool(np.all(np.isfinite(v))) for v in values)
+
+
+def bad_step(good, new, max_increase) -> str | None:
+    """Why ``new`` (the state after a step from ``good``) must be rejected, or None."""
+    if not _finite(new.theta, new.loss, new.grad):
+        return "non-finite loss, gradient or parameters"
+    if (max_increase is not None and math.isfinite(good.loss)
+            and new.loss > good.loss + max_increase * abs(good.loss)):
+        return f"loss increased from {good.loss:.4g} to {new.loss:.4g}"
+    return None
 
 
 class StopFlag:
@@ -69,6 +124,7 @@ class TrainObjective:
     pairs: Sequence
     on_image: Callable | None = None   #: called after each image (the stop check)
     evaluations: int = 0
+    last_indices: list = field(default_factory=list)   #: images of the latest evaluation
 
     def __call__(self, theta, indices, warm):
         idx = list(range(len(self.pairs))) if indices is None else [int(i) for i in indices]
@@ -76,6 +132,7 @@ class TrainObjective:
                                   solver=self.solver, gradient=self.gradient,
                                   warm=[warm[i] for i in idx], progress=self.on_image)
         self.evaluations += 1
+        self.last_indices = idx
         new = list(warm)
         for i, item in zip(idx, res.items):
             new[i] = WarmStart(y=item.y, u=getattr(item.adjoint, "u", None))
@@ -104,11 +161,13 @@ def step_metrics(state, elapsed: float, iter_time: float) -> dict:
         "grad_norm": float(np.linalg.norm(r.grad)),
         "inner_iters_mean": float(np.mean(inner)),
         "inner_iters_max": float(np.max(inner)),
-        "inner_unconverged": float(r.unconverged),
         "adjoint_iters_mean": float(np.mean(adj)),
         "adjoint_iters_max": float(np.max(adj)),
         "adjoint_residual_max": float(max(it.adjoint.residual for it in r.items)),
-        "adjoint_unconverged": float(sum(not it.adjoint.converged for it in r.items)),
+        "adjoint_unconverged": float(sum(not getattr(it.adjoint, "converged", True)
+                                         for it in r.items)),
+        "adjoint_minres": float(sum(bool(getattr(it.adjoint, "negative_curvature", False))
+                                    for it in r.items)),
         "evals": float(state.info.n_evals),
         "step_size": float(state.info.step_size),
         "wall_time": float(elapsed),
@@ -119,10 +178,13 @@ def step_metrics(state, elapsed: float, iter_time: float) -> dict:
 @dataclass
 class Trainer:
     """Runs ``optimizer`` from ``state`` until it terminates; ``state`` always holds the last
-    complete iterate (what a checkpoint saves on interruption).
+    complete, accepted iterate (what a checkpoint saves on interruption).
 
-    ``on_step(state, metrics)`` is called after every iteration (logging, checkpoints,
-    validation); ``elapsed0`` continues the wall-clock count of a resumed run.
+    ``on_step(state, metrics)`` is called after every accepted iteration (logging,
+    checkpoints, validation); ``elapsed0`` continues the wall-clock count of a resumed run.
+    ``policy`` decides which steps are rejected and when the run stops (:class:`Policy`);
+    ``names`` are the training images' names (for per-image warnings) and ``count_inner``
+    says whether inner convergence counts (argmin gradients).
     """
 
     optimizer: object
@@ -130,10 +192,16 @@ class Trainer:
     state: object
     on_step: Callable
     elapsed0: float = 0.0
+    policy: Policy = Policy()
+    names: Sequence[str] = ()
+    count_inner: bool = True
     reason: str | None = field(default=None, init=False)
+    rejected: int = field(default=0, init=False)          #: rejected steps in total
+    events: list = field(default_factory=list, init=False)  #: rejections and failures
 
     def run(self):
         t_start = time.perf_counter() - self.elapsed0
+        before, streak = None, 0   # the accepted state before ``self.state``; rejections in a row
         while True:
             self.reason = self.optimizer.terminate(self.state)
             if self.reason is not None:
@@ -143,6 +211,67 @@ class Trainer:
             if new.info.status == "line search failed":
                 self.state = new
                 continue  # terminate() reports it
+            why = bad_step(self.state, new, self.policy.max_loss_increase)
+            if why is not None:
+                streak += 1
+                self.state = self._reject(new, why, streak, before)
+                continue
+            before, streak = self.state, 0
             now = time.perf_counter()
             self.state = new
-            self.on_step(new, step_metrics(new, now - t_start, now - t0))
+            metrics = step_metrics(new, now - t_start, now - t0)
+            metrics["rejected_steps"] = float(self.rejected)
+            metrics.update(self._check_inner(new))
+            self.on_step(new, metrics)
+            self._enforce_inner(new, metrics)
+
+    def _reject(self, new, why: str, streak: int, before):
+        """Log the rejected step and return the state to retry from, with a shorter step.
+
+        An optimiser whose loss is that of the previous theta (Adam) learns that theta was
+        bad only one step later, so it goes back to the state before it."""
+        self.rejected += 1
+        anchor = self.state
+        if not self.optimizer.loss_at_new_theta and before is not None:
+            anchor = before
+        event = {"step": new.iteration, "event": "rejected", "reason": why,
+                 "back_to": anchor.iteration}
+        self.events.append(event)
+        log.warning("outer step %d rejected (%s): back to the parameters of iteration %d, "
+                    "step shrunk by %g", new.iteration, why, anchor.iteration,
+                    self.policy.shrink ** streak)
+        if streak > self.policy.max_rejections:
+            raise TrainingFailed(f"{streak} outer steps in a row rejected (last: {why}); "
+                                 f"stopping at iteration {self.state.iteration} "
+                                 "(trainer.max_rejections)")
+        return self.optimizer.shrink(anchor, self.policy.shrink ** streak)
+
+    def _unconverged(self, state) -> list[tuple[str, object]]:
+        """(image name, SolveResult) of each inner solve of ``state`` that did not converge."""
+        items = state.last.items
+        idx = (range(len(items)) if len(items) == len(self.names)
+               else getattr(self.fun, "last_indices", range(len(items))))
+        names = [self.names[i] if i < len(self.names) else f"#{i}" for i in idx]
+        return [(n, it.solve) for n, it in zip(names, items) if not it.solve.converged]
+
+    def _check_inner(self, state) -> dict:
+        """Warn per image whose inner solve did not converge; its count and fraction."""
+        if not self.count_inner or state.last is None:
+            return {"inner_unconverged": 0.0, "inner_unconverged_fraction": 0.0}
+        bad = self._unconverged(state)
+        for name, solve in bad:
+            log.warning("outer iteration %d: inner solve of image %s did not converge (%s)",
+                        state.iteration, name, solve.message)
+        n = len(state.last.items)
+        return {"inner_unconverged": float(len(bad)),
+                "inner_unconverged_fraction": len(bad) / max(n, 1)}
+
+    def _enforce_inner(self, state, metrics) -> None:
+        limit = self.policy.max_unconverged_fraction
+        frac = metrics["inner_unconverged_fraction"]
+        if limit is not None and frac > limit:
+            self.events.append({"step": state.iteration, "event": "inner failures",
+                                "fraction": frac})
+            raise TrainingFailed(f"outer iteration {state.iteration}: {frac:.0%} of the inner "
+                                 f"solves did not converge (> trainer.max_unconverged_fraction"
+                                 f"={limit}); raise solver.maxiter or loosen solver.gtol")

@@ -54,6 +54,7 @@ class LBFGSState:
     prev_loss: float = math.inf
     last: object = field(default=None, repr=False, compare=False)   #: BatchResult at theta
     info: StepInfo = StepInfo()
+    step_scale: float = 1.0   #: first trial step of the next line search (< 1 after a rejection)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ class OuterLBFGS:
     max_linesearch: int = 20
 
     name = "lbfgs"
+    loss_at_new_theta = True   #: a step's loss is evaluated at the theta it returns
+
+    def shrink(self, st: LBFGSState, factor: float) -> LBFGSState:
+        """``st`` with the next line search starting ``factor`` times shorter (after a
+        rejected step)."""
+        return replace(st, step_scale=st.step_scale * factor, info=StepInfo())
 
     def init(self, fun, theta, n_images: int) -> LBFGSState:
         res, warm = fun(theta, None, (None,) * n_images)
@@ -118,7 +125,7 @@ class OuterLBFGS:
         if not gd < 0:  # not a descent direction (stale curvature): restart from -g
             d = -g * (self.first_step / max(gnorm, 1e-300))
             gd, s_hist, y_hist = float(g @ d), (), ()
-        a, lo, hi, n = 1.0, 0.0, math.inf, 0
+        a, lo, hi, n = float(st.step_scale), 0.0, math.inf, 0
         accepted = sufficient = None
         while n < self.max_linesearch:
             res, warm = fun(st.theta + a * d, None, st.warm)
@@ -173,6 +180,7 @@ class AdamState:
     grad: np.ndarray | None = None
     last: object = field(default=None, repr=False, compare=False)
     info: StepInfo = StepInfo()
+    lr_scale: float = 1.0   #: multiplies ``Adam.lr`` (< 1 after a rejected step)
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,11 @@ class Adam:
     seed: int = 0
 
     name = "adam"
+    loss_at_new_theta = False  #: a step's loss is that of the minibatch at the previous theta
+
+    def shrink(self, st: AdamState, factor: float) -> AdamState:
+        """``st`` with a learning rate ``factor`` times smaller (after a rejected step)."""
+        return replace(st, lr_scale=st.lr_scale * factor, info=StepInfo())
 
     def init(self, fun, theta, n_images: int) -> AdamState:
         theta = np.array(theta, dtype=np.float64)
@@ -220,10 +233,11 @@ class Adam:
         m = self.beta1 * st.m + (1 - self.beta1) * res.grad
         v = self.beta2 * st.v + (1 - self.beta2) * res.grad ** 2
         mhat, vhat = m / (1 - self.beta1 ** t), v / (1 - self.beta2 ** t)
-        theta = st.theta - self.lr * mhat / (np.sqrt(vhat) + self.eps)
+        lr = self.lr * st.lr_scale
+        theta = st.theta - lr * mhat / (np.sqrt(vhat) + self.eps)
         return AdamState(theta=theta, m=m, v=v, rng_state=rng.bit_generator.state, iteration=t,
                          warm=warm, loss=res.loss, grad=res.grad, last=res,
-                         info=StepInfo(n_evals=1, step_size=self.lr))
+                         info=StepInfo(n_evals=1, step_size=lr), lr_scale=st.lr_scale)
 
     def terminate(self, st: AdamState) -> str | None:
         if st.iteration >= self.max_iter:
