@@ -59,6 +59,8 @@ BAD = [
     ("optimizer.name=sgd", "optimizer.name"),
     ("optimizer.max_iter=-1", "optimizer.max_iter"),
     ("solver.maxiter=-3", "solver.maxiter"),
+    ("+model.penalty=huber", "model.penalty"),
+    ("trainer.shrink=2", "trainer.shrink"),
 ]
 
 
