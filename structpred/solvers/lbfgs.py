@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from structpred.kernels.threads import single_threaded_blas
 from structpred.solvers.result import SolveResult, Status
 
 _EPS = np.finfo(np.float64).eps
@@ -282,8 +283,10 @@ class LBFGS:
         y0 = x if y0 is None else y0
         y0, x, theta = model.check_inputs(y0, x, theta)
         fg, args = model.objective(x, theta)
-        y, f, gnorm, it, nev, status = lbfgs_minimize(
-            fg, args, y0.ravel(), float(self.gtol), float(self.rtol), int(self.maxiter),
-            int(self.history), float(self.c1), float(self.c2), int(self.max_linesearch))
+        with single_threaded_blas():     # the kernels' Numba threads own the cores
+            y, f, gnorm, it, nev, status = lbfgs_minimize(
+                fg, args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
+                int(self.maxiter), int(self.history), float(self.c1), float(self.c2),
+                int(self.max_linesearch))
         return SolveResult(y=y.reshape(x.shape), energy=float(f), grad_norm=float(gnorm),
                            iterations=int(it), n_evals=int(nev), status=Status(status))
