@@ -6,16 +6,16 @@ One evaluation for a (noisy x, clean t) pair::
     L  = l(y, t)
     dL/dtheta                           (gradient strategy: implicit by default)
 
-The gradient strategy decides what the prediction is, through one protocol
-(:func:`predict_and_grad`):
+The gradient strategy decides what the prediction is, through one protocol,
+``gradient.predict_and_grad(model, x, theta, dl_dy, solver=, y0=, u0=)`` returning
+``(solve_result, grad, info)``:
 
-* an *argmin* strategy (:class:`ImplicitGradient`) differentiates the exact minimiser: the
-  inner solver finds ``y* = argmin_y E(y; x, theta)`` (warm-started from y0 if given) and
-  the strategy is called there as ``gradient(model, x, theta, y*, dl/dy, u0)``;
-* a *trajectory* strategy (:class:`UnrolledGradient`, :class:`TruncatedGradient`) owns its
-  inner iteration, because its gradient is exact only for the iterate it produced: it has a
-  method ``predict_and_grad(model, x, theta, dl_dy, solver=, y0=, u0=)`` returning
-  ``(solve_result, grad, info)``, and the solver is not run.
+* an *argmin* strategy (:class:`ImplicitGradient`, ``uses_argmin = True``) runs the inner
+  solver to ``y* = argmin_y E(y; x, theta)`` (warm-started from y0 if given) and
+  differentiates the exact minimiser;
+* a *trajectory* strategy (:class:`UnrolledGradient`, :class:`TruncatedGradient`,
+  ``uses_argmin = False``) owns its inner iteration, because its gradient is exact only for
+  the iterate it produced; the solver is not run.
 
 Over a batch the objective is the mean of the per-image losses (so that its scale does not
 depend on the batch size); images are processed one after another, each with all cores
@@ -67,30 +67,6 @@ class BatchResult:
         return sum(not r.solve.converged for r in self.items)
 
 
-def predict_and_grad(gradient, model, x, theta, dl_dy, *, solver, y0=None, u0=None):
-    """The prediction for ``x`` and the gradient in theta of a loss on it.
-
-    Parameters
-    ----------
-    gradient : gradient strategy (argmin or trajectory; see the module docstring)
-    model : EnergyModel
-    x, theta : checked input image and parameters
-    dl_dy : callable, prediction -> dl/dy
-    solver : inner solver (used by argmin strategies only)
-    y0, u0 : optional warm starts of the prediction and of the adjoint solve
-
-    Returns
-    -------
-    (SolveResult, grad, info)
-    """
-    own = getattr(gradient, "predict_and_grad", None)
-    if own is not None:
-        return own(model, x, theta, dl_dy, solver=solver, y0=y0, u0=u0)
-    res = solver.minimize(model, x, theta, y0=y0)
-    g, info = gradient(model, x, theta, res.y, dl_dy(res.y), u0=u0)
-    return res, g, info
-
-
 def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
                   y0=None, u0=None) -> PairResult:
     """Loss of the prediction for ``noisy`` against ``clean`` and its gradient in theta.
@@ -115,8 +91,8 @@ def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, los
     noisy = as_image("noisy", noisy, min_shape=model.min_image_shape())
     same_shape(("noisy", "clean"), noisy, clean)
     theta = model.check_params(theta)
-    res, g, info = predict_and_grad(gradient, model, noisy, theta,
-                                    lambda y: loss.grad(y, clean), solver=solver, y0=y0, u0=u0)
+    res, g, info = gradient.predict_and_grad(model, noisy, theta, lambda y: loss.grad(y, clean),
+                                             solver=solver, y0=y0, u0=u0)
     return PairResult(loss=loss.value(res.y, clean), grad=g, y=res.y, solve=res, adjoint=info,
                       psnr=psnr(res.y, clean))
 

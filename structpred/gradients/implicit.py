@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -129,6 +130,9 @@ class ImplicitGradient:
     rtol: float = 1e-8
     maxiter: int = 2000
 
+    #: the prediction is the inner solver's minimiser, so the solver's convergence matters
+    uses_argmin: ClassVar[bool] = True
+
     def __post_init__(self):
         if not self.rtol > 0:
             raise ValueError(f"rtol must be positive, got {self.rtol!r}")
@@ -151,6 +155,16 @@ class ImplicitGradient:
                           AdjointWarning, stacklevel=3)
         return AdjointInfo(u=u, iterations=its, residual=float(res), converged=converged,
                            negative_curvature=negative, method=method)
+
+    def predict_and_grad(self, model, x, theta, dl_dy, *, solver, y0=None, u0=None):
+        """Minimise with ``solver`` (warm-started from ``y0``), then the implicit gradient of
+        the loss there (adjoint warm-started from ``u0``).
+
+        Returns ``(SolveResult, dl/dtheta, AdjointInfo)``; ``dl_dy`` is a callable y -> dl/dy.
+        """
+        res = solver.minimize(model, x, theta, y0=y0)
+        g, info = self(model, x, theta, res.y, dl_dy(res.y), u0=u0)
+        return res, g, info
 
     def __call__(self, model, x, theta, y_star, dl_dy, u0=None):
         """Return ``(dl/dtheta, AdjointInfo)`` at the minimiser ``y_star``."""

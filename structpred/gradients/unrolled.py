@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -150,6 +151,8 @@ class UnrolledGradient:
     warm_start: bool = False
 
     method = "unrolled"
+    #: the prediction is the T-th iterate (a fixed step budget), not a converged minimiser
+    uses_argmin: ClassVar[bool] = False
 
     def __post_init__(self):
         _positive_int("steps", self.steps)

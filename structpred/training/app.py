@@ -18,7 +18,7 @@ from structpred.training.checkpoint import (
     PREV_NAME, CheckpointError, load_latest, save_checkpoint,
 )
 from structpred.training.loop import (
-    Interrupted, StopFlag, TrainingFailed, TrainObjective, Trainer, denoise_all, is_argmin,
+    Interrupted, StopFlag, TrainingFailed, TrainObjective, Trainer, denoise_all,
 )
 
 log = logging.getLogger("structpred.train")
@@ -201,7 +201,7 @@ def train(cfg: DictConfig) -> float | None:
             trainer = Trainer(optimizer, fun, state, on_step,
                               elapsed0=float(meta.get("elapsed", 0.0)),
                               policy=C.build_policy(cfg), names=train_set.names,
-                              count_inner=is_argmin(gradient))
+                              count_inner=gradient.uses_argmin)
             state = trainer.run()
             if bar is not None:
                 bar.close()

@@ -59,12 +59,6 @@ class Policy:
     max_rejections: int = 5
 
 
-def is_argmin(gradient) -> bool:
-    """Whether ``gradient`` differentiates the inner solver's minimiser (whose convergence
-    matters) rather than owning a fixed-budget trajectory (see ``structpred.objective``)."""
-    return getattr(gradient, "predict_and_grad", None) is None
-
-
 def _finite(*values) -> bool:
     return all(v is not None and bool(np.all(np.isfinite(v))) for v in values)
 
