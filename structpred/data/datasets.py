@@ -10,6 +10,10 @@ A *split* (train, val or test) is described by a mapping with either
 and optionally ``start``/``limit`` (a slice of the sorted list), ``crop`` (square crops of
 this size, or null for whole images) and ``crops_per_image``. Crop positions and noise are
 drawn from generators seeded by (seed, split, index), so they are reproducible.
+
+The data config's optional ``task`` (see :mod:`structpred.data.tasks`: denoise, inpaint with
+a seeded mask, deblur with a known Gaussian kernel) says how a clean image becomes the
+observation ``x`` (the ``noisy`` list); absent or null: denoising.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-from structpred.data.noise import SPLITS, add_noise, noise_rng
+from structpred.data.noise import SPLITS, noise_rng
+from structpred.data.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +150,10 @@ def _sources(spec: Mapping) -> list[tuple[str, callable]]:
 
 
 def load_split(split: str, spec: Mapping, *, sigma: float, seed: int, rounded: bool = False,
-               min_shape=(1, 1)) -> Dataset:
-    """Load one split: images, crops and their noisy versions."""
+               min_shape=(1, 1), task=None) -> Dataset:
+    """Load one split: images, crops and their degraded versions (``task``: see
+    :func:`structpred.data.tasks.make_task`; None: denoising)."""
+    task = make_task(task)
     names, clean, noisy = [], [], []
     for k, (name, load) in enumerate(_sources(spec)):
         img = load()
@@ -159,8 +166,8 @@ def load_split(split: str, spec: Mapping, *, sigma: float, seed: int, rounded: b
                                 f"filter ({min_shape[0]}x{min_shape[1]})")
             names.append(where)
             clean.append(piece)
-            noisy.append(add_noise(piece, sigma, noise_rng(seed, split, len(noisy)),
-                                   rounded=rounded))
+            noisy.append(task.degrade(piece, sigma, noise_rng(seed, split, len(noisy)),
+                                      rounded=rounded))
     return Dataset(names=names, clean=clean, noisy=noisy, sigma=float(sigma))
 
 
@@ -179,6 +186,9 @@ def load_splits(data_cfg: Mapping, min_shape=(1, 1), splits=("train", "val", "te
 
     Returns a dict split -> Dataset (or None for an absent split).
     """
+    task = data_cfg.get("task")
+    if task is not None and not isinstance(task, (str, Task)):
+        task = {k: task[k] for k in task}            # DictConfig -> dict
     out = {}
     for split in splits:
         spec = data_cfg.get(split)
@@ -187,6 +197,6 @@ def load_splits(data_cfg: Mapping, min_shape=(1, 1), splits=("train", "val", "te
             continue
         out[split] = load_split(split, spec, sigma=float(data_cfg["sigma"]),
                                 seed=int(data_cfg["seed"]), rounded=bool(data_cfg.get("rounded")),
-                                min_shape=min_shape)
+                                min_shape=min_shape, task=task)
         log.info("data %s: %s", split, out[split].describe())
     return out

@@ -13,8 +13,13 @@ import math
 import numpy as np
 from numba import njit
 
-QUADRATIC = 0   # rho = c z^2 / 2                     (Gaussian MRF)
-STUDENT_T = 1   # rho = log(1 + c z^2)                (Fields of Experts)
+QUADRATIC = 0     # rho = c z^2 / 2                     (Gaussian MRF)
+STUDENT_T = 1     # rho = log(1 + c z^2)                (Fields of Experts)
+CHARBONNIER = 2   # rho = sqrt(1 + c z^2) - 1           (convex; = (sqrt(eps^2 + z^2) - eps)/eps,
+                  #                                       c = 1/eps^2)
+GEN_CHARBONNIER = 3  # rho = ((1 + c z^2)^a - 1) / a, a = GEN_CHARBONNIER_EXPONENT (non-convex
+                     # for a < 1/2; a -> 0 is Student-t, a = 1/2 twice Charbonnier)
+GEN_CHARBONNIER_EXPONENT = 0.25
 
 
 @njit(inline="always", nogil=True, cache=True)
@@ -23,7 +28,36 @@ def penalty_terms(kind, z, c):
     if kind == STUDENT_T:
         q = 1.0 / (1.0 + c * z * z)
         return math.log1p(c * z * z), 2.0 * c * z * q, 2.0 * c * (1.0 - c * z * z) * q * q
+    if kind == CHARBONNIER:
+        s = math.sqrt(1.0 + c * z * z)
+        return s - 1.0, c * z / s, c / (s * s * s)
+    if kind == GEN_CHARBONNIER:
+        a = GEN_CHARBONNIER_EXPONENT
+        u = c * z * z
+        q = 1.0 + u
+        qa2 = q ** (a - 2.0)
+        return math.expm1(a * math.log1p(u)) / a, 2.0 * c * z * qa2 * q, \
+            2.0 * c * qa2 * (1.0 + (2.0 * a - 1.0) * u)
     return 0.5 * c * z * z, c * z, c
+
+
+@njit(inline="always", nogil=True, cache=True)
+def penalty_shape_terms(kind, z, c):
+    """Return ``(d rho/dc, d rho'/dc)`` at ``z`` for penalty ``kind`` with shape ``c`` (for a
+    learned shape: the energy's and the mixed product's derivatives in c)."""
+    if kind == STUDENT_T:
+        q = 1.0 / (1.0 + c * z * z)
+        return z * z * q, 2.0 * z * q * q
+    if kind == CHARBONNIER:
+        s = math.sqrt(1.0 + c * z * z)
+        return 0.5 * z * z / s, z * (2.0 + c * z * z) / (2.0 * s * s * s)
+    if kind == GEN_CHARBONNIER:
+        a = GEN_CHARBONNIER_EXPONENT
+        u = c * z * z
+        q = 1.0 + u
+        qa2 = q ** (a - 2.0)
+        return z * z * qa2 * q, 2.0 * z * qa2 * (1.0 + a * u)
+    return 0.5 * z * z, z
 
 
 # Row kernels: a whole response row at a time, vectorisable (no math.log per element: glibc's

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from structpred.models.base import EnergyModel
 from structpred.models.filter_mrf import FieldsOfExperts, FilterMRF, GaussianMRF
+from structpred.models.pairwise import PairwiseMRF
 from structpred.models.penalties import PENALTIES, Penalty, get_penalty
 
 MODELS: dict[str, type[EnergyModel]] = {
-    cls.name: cls for cls in (FieldsOfExperts, GaussianMRF, FilterMRF)
+    cls.name: cls for cls in (FieldsOfExperts, GaussianMRF, FilterMRF, PairwiseMRF)
 }
 
 
@@ -19,5 +20,5 @@ def make_model(name: str, **kwargs) -> EnergyModel:
     return cls(**kwargs)
 
 
-__all__ = ["EnergyModel", "FieldsOfExperts", "FilterMRF", "GaussianMRF", "MODELS", "PENALTIES",
+__all__ = ["EnergyModel", "FieldsOfExperts", "FilterMRF", "GaussianMRF", "MODELS", "PairwiseMRF", "PENALTIES",
            "Penalty", "get_penalty", "make_model"]

@@ -19,7 +19,17 @@ Parameters (the flat vector ``theta`` in this order):
 
 The penalty is ``rho(z) = log(1 + c z^2)`` (Student-t, Fields of Experts; c = 1/2 as in
 Roth & Black and the peer implementation, c = 1 in Chen et al. 2013) or ``c z^2 / 2``
-(Gaussian MRF, whose argmin solves a linear system).
+(Gaussian MRF, whose argmin solves a linear system), or any other entry of
+:data:`structpred.models.penalties.PENALTIES` (Charbonnier, generalised Charbonnier).
+
+Options:
+
+* ``learn_scale=True`` adds the group ``log_scale`` (1,): c = exp(log_scale) is learned
+  (not for the quadratic penalty, where c only rescales alpha).
+* ``task``: the observation model (:mod:`structpred.data.tasks`); the data term becomes
+  ``lam/2 ||A y - x||^2`` with A the identity (denoise, the fused fast path), an inpainting
+  mask or a known blur (zero-padded 'same' correlation). Gradient lam A^T (A y - x),
+  Hessian lam A^T A, mixed product (log_lambda) lam <u, A^T (A y - x)>.
 """
 from __future__ import annotations
 
@@ -31,8 +41,13 @@ from structpred.kernels.correlation import (
 )
 from structpred.kernels.filterbank import kernels_for
 from structpred.kernels.penalties import penalty_terms
+from structpred.data.tasks import make_task
+from structpred.kernels.penalties import penalty_shape_terms
 from structpred.models.base import EnergyModel
 from structpred.models.dct import dct_filters
+from structpred.models.observation import (
+    OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess, task_kernels,
+)
 from structpred.models.penalties import get_penalty
 
 BASES = ("dct", "free")
@@ -120,6 +135,17 @@ def _penalty_derivatives(Z, kind, c, D1, D2):
                 D2[k, i, j] = d2
 
 
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _shape_derivatives(Z, kind, c, D1c):
+    """Elementwise d rho'/dc (Z) (unweighted)."""
+    K, Hv, Wv = Z.shape
+    for i in prange(Hv):
+        for k in range(K):
+            for j in range(Wv):
+                _, d = penalty_shape_terms(kind, Z[k, i, j], c)
+                D1c[k, i, j] = d
+
+
 # ------------------------------------------------------------------------------ model
 class FilterMRF(EnergyModel):
     """A filter-based MRF for denoising (see the module docstring for the energy).
@@ -136,12 +162,17 @@ class FilterMRF(EnergyModel):
         The shape ``c`` of the penalty; defaults to the penalty's default (1/2 for Student-t).
     basis : {"dct", "free"}
         Filters as coefficients of the DCT basis without DC, or as free m x m arrays.
+    learn_scale : bool
+        Learn the penalty shape c as the parameter group ``log_scale`` (1,).
+    task : None, str or mapping
+        The observation model (see :mod:`structpred.data.tasks`); None: denoising.
     """
 
     name = "filter_mrf"
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *, penalty: str = "student_t",
-                 penalty_scale: float | None = None, basis: str = "dct"):
+                 penalty_scale: float | None = None, basis: str = "dct",
+                 learn_scale: bool = False, task=None):
         if not isinstance(num_filters, (int, np.integer)) or num_filters < 1:
             raise ValueError(f"num_filters must be a positive integer, got {num_filters!r}")
         if (not isinstance(filter_size, (int, np.integer)) or filter_size < 3
@@ -156,20 +187,39 @@ class FilterMRF(EnergyModel):
         self.num_filters = int(num_filters)
         self.filter_size = int(filter_size)
         self.penalty_scale = scale
+        self._init_options(learn_scale, task)
         self.basis_name = basis
         m = self.filter_size
         # (m*m, nb): filter_k (flattened) = basis @ coefficients_k
         self.basis = dct_filters(m).reshape(-1, m * m).T.copy() if basis == "dct" else np.eye(m * m)
 
+    def _init_options(self, learn_scale, task):
+        if learn_scale and not self.penalty.learnable_shape:
+            raise ValueError(f"learn_scale: the {self.penalty.name} penalty has no shape "
+                             "parameter to learn")
+        self.learn_scale = bool(learn_scale)
+        self.task = make_task(task)
+        self._ops: dict = {}
+
     # ------------------------------------------------------------------ layout
     def param_shapes(self):
         K = self.num_filters
-        return {"filters": (K, self.basis.shape[1]), "log_alpha": (K,), "log_lambda": (1,)}
+        out = {"filters": (K, self.basis.shape[1]), "log_alpha": (K,), "log_lambda": (1,)}
+        if self.learn_scale:
+            out["log_scale"] = (1,)
+        return out
+
+    def _options_config(self, cfg):
+        if self.learn_scale:
+            cfg["learn_scale"] = True
+        if not self.task.identity:
+            cfg["task"] = self.task.as_dict()
+        return cfg
 
     def config(self):
-        return dict(num_filters=self.num_filters, filter_size=self.filter_size,
-                    penalty=self.penalty.name, penalty_scale=self.penalty_scale,
-                    basis=self.basis_name)
+        return self._options_config(dict(
+            num_filters=self.num_filters, filter_size=self.filter_size,
+            penalty=self.penalty.name, penalty_scale=self.penalty_scale, basis=self.basis_name))
 
     def min_image_shape(self):
         return (self.filter_size, self.filter_size)
@@ -192,8 +242,14 @@ class FilterMRF(EnergyModel):
             R /= np.linalg.norm(R, axis=(1, 2), keepdims=True)
             F = np.concatenate([F, R.reshape(-1, m * m)])
         coeffs = np.linalg.lstsq(self.basis, (scale * F).T, rcond=None)[0].T
-        return self.pack({"filters": coeffs, "log_alpha": np.zeros(K),
-                          "log_lambda": np.array([np.log(lam_scale / sigma ** 2)])})
+        return self.pack(self._with_scale({
+            "filters": coeffs, "log_alpha": np.zeros(K),
+            "log_lambda": np.array([np.log(lam_scale / sigma ** 2)])}))
+
+    def _with_scale(self, params):
+        if self.learn_scale:
+            params["log_scale"] = np.array([np.log(self.penalty_scale)])
+        return params
 
     # ------------------------------------------------------------ derived values
     def filter_bank(self, theta) -> np.ndarray:
@@ -206,6 +262,40 @@ class FilterMRF(EnergyModel):
         """(alpha, lam) of ``theta``."""
         p = self.unpack(theta)
         return np.exp(p["log_alpha"]), float(np.exp(p["log_lambda"][0]))
+
+    def scale(self, theta) -> float:
+        """The penalty shape c (learned or fixed)."""
+        if not self.learn_scale:
+            return self.penalty_scale
+        return float(np.exp(self.unpack(theta)["log_scale"][0]))
+
+    def _operator(self, shape):
+        """(op, mask, kernel, flipped kernel) of the task for images of ``shape``."""
+        shape = (int(shape[0]), int(shape[1]))
+        op = self._ops.get(shape)
+        if op is None:
+            empty = np.zeros((1, 1))
+            if self.task.name == "inpaint":
+                op = (OP_MASK, self.task.mask(shape), empty, empty)
+            elif self.task.name == "deblur":
+                k = self.task.blur_kernel()
+                op = (OP_BLUR, empty, k, np.ascontiguousarray(k[::-1, ::-1]))
+            else:
+                op = (OP_IDENTITY, empty, empty, empty)
+            self._ops[shape] = op
+        return op
+
+    def data_gradient(self, y, x, lam) -> tuple[float, np.ndarray]:
+        """(lam/2 ||A y - x||^2, lam A^T (A y - x))."""
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if self.task.identity:
+            r = y - x
+            return 0.5 * lam * float(np.vdot(r, r)), lam * r
+        op, M, k, kf = self._operator(y.shape)
+        G = np.empty_like(y)
+        e = data_grad(op, y, x, lam, M, k, kf, np.empty_like(y), G)
+        return float(e), G
 
     def _buffers(self, shape):
         Hv, Wv = valid_shape(shape, (self.filter_size, self.filter_size))
@@ -229,10 +319,15 @@ class FilterMRF(EnergyModel):
         Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
         Hv, _ = valid_shape(x.shape, F.shape[1:])
         x = np.ascontiguousarray(x, dtype=np.float64)
-        args = (x, F, Ff, alpha, lam, self.penalty.code, self.penalty_scale,
+        args = (x, F, Ff, alpha, lam, self.penalty.code, self.scale(theta),
                 self._padded(x.shape), np.empty(Hv), np.empty(x.shape[0]))
         mod = self.kernels()
-        return (mod.energy_grad_serial if serial else mod.energy_grad), args
+        if self.task.identity:
+            return (mod.energy_grad_serial if serial else mod.energy_grad), args
+        op, M, k, kf = self._operator(x.shape)
+        args = args + (op, M, k, kf, np.empty(x.shape), np.empty(x.shape), np.zeros(x.shape))
+        fg, fg_serial = task_kernels(mod)
+        return (fg_serial if serial else fg), args
 
     def hessian(self, y, x, theta, *, serial: bool = False):
         mod = self.kernels()
@@ -242,11 +337,27 @@ class FilterMRF(EnergyModel):
         y = np.ascontiguousarray(y, dtype=np.float64)
         D, _ = self._buffers(y.shape)          # w_k rho''(z): computed once, reused by every E_yy v
         (mod.curvature_serial if serial else mod.curvature_pass)(
-            y, F, alpha, self.penalty.code, self.penalty_scale, D)
+            y, F, alpha, self.penalty.code, self.scale(theta), D)
         Sp = self._padded(y.shape)
         zeros = np.zeros(y.shape)
         drow = np.empty(y.shape[0])
         kernel = mod.hvp_serial if serial else mod.hvp
+        if not self.task.identity:
+            op, M, k, kf = self._operator(y.shape)
+            T, Hd = np.empty(y.shape), np.empty(y.shape)
+
+            def hvp_task(v):
+                v = np.ascontiguousarray(v, dtype=np.float64).reshape(y.shape)
+                out = np.empty_like(v)
+                data_hess(op, v, lam, M, k, kf, T, Hd)        # lam A^T A v
+                if serial:
+                    mod._scaled_rows(v, F, D, Sp, 0, D.shape[1])
+                    mod._adjoint_rows(Sp, Ff, Hd, zeros, 1.0, out, drow, 0, out.shape[0])
+                else:
+                    mod.scaled_pass(v, F, D, Sp)
+                    mod.adjoint_pass(Sp, Ff, Hd, zeros, 1.0, out, drow)
+                return out
+            return hvp_task
 
         def hvp(v):
             v = np.ascontiguousarray(v, dtype=np.float64).reshape(y.shape)
@@ -263,19 +374,26 @@ class FilterMRF(EnergyModel):
         S = np.empty_like(Z)
         D1, D2 = np.empty_like(Z), np.empty_like(Z)
         mod = self.kernels()
+        c = self.scale(theta)
         mod.correlate_pass(np.ascontiguousarray(y, dtype=np.float64), F, Z)
         mod.correlate_pass(np.ascontiguousarray(u, dtype=np.float64), F, S)
-        _penalty_derivatives(Z, self.penalty.code, self.penalty_scale, D1, D2)
-        d_log_alpha = alpha * np.einsum("kij,kij->k", S, D1)
-        dF = np.empty_like(F)
-        filter_gradient(u, D1, dF)                 # d/dF of <F (*) u, rho'(z)> through F (*) u
-        dF2 = np.empty_like(F)
-        filter_gradient(y, D2 * S, dF2)            # ... through z = F (*) y
-        dF = alpha[:, None, None] * (dF + dF2)
-        d_coeffs = dF.reshape(self.num_filters, -1) @ self.basis
-        d_log_lambda = lam * float(np.vdot(u, y - x))
-        return self.pack({"filters": d_coeffs, "log_alpha": d_log_alpha,
-                          "log_lambda": np.array([d_log_lambda])})
+        _penalty_derivatives(Z, self.penalty.code, c, D1, D2)
+        out = {"log_alpha": alpha * np.einsum("kij,kij->k", S, D1)}
+        shapes = self.param_shapes()
+        if "filters" in shapes:
+            dF = np.empty_like(F)
+            filter_gradient(u, D1, dF)             # d/dF of <F (*) u, rho'(z)> through F (*) u
+            dF2 = np.empty_like(F)
+            filter_gradient(y, D2 * S, dF2)        # ... through z = F (*) y
+            dF = alpha[:, None, None] * (dF + dF2)
+            out["filters"] = dF.reshape(self.num_filters, -1) @ self.basis
+        _, G = self.data_gradient(y, x, lam)       # lam A^T (A y - x)
+        out["log_lambda"] = np.array([float(np.vdot(u, G))])
+        if "log_scale" in shapes:
+            D1c = np.empty_like(Z)
+            _shape_derivatives(Z, self.penalty.code, c, D1c)
+            out["log_scale"] = np.array([c * float(np.einsum("k,kij,kij->", alpha, S, D1c))])
+        return self.pack(out)
 
 
 class FieldsOfExperts(FilterMRF):
@@ -284,9 +402,11 @@ class FieldsOfExperts(FilterMRF):
     name = "foe"
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
-                 penalty_scale: float | None = None, basis: str = "dct"):
+                 penalty_scale: float | None = None, basis: str = "dct",
+                 learn_scale: bool = False, task=None):
         super().__init__(num_filters, filter_size, penalty="student_t",
-                         penalty_scale=penalty_scale, basis=basis)
+                         penalty_scale=penalty_scale, basis=basis, learn_scale=learn_scale,
+                         task=task)
 
     def config(self):
         cfg = super().config()
@@ -301,9 +421,9 @@ class GaussianMRF(FilterMRF):
     name = "gmrf"
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
-                 penalty_scale: float | None = None, basis: str = "dct"):
+                 penalty_scale: float | None = None, basis: str = "dct", task=None):
         super().__init__(num_filters, filter_size, penalty="quadratic",
-                         penalty_scale=penalty_scale, basis=basis)
+                         penalty_scale=penalty_scale, basis=basis, task=task)
 
     def config(self):
         cfg = super().config()
