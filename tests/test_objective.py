@@ -79,3 +79,17 @@ def test_pack_unpack_roundtrip():
     theta = np.random.default_rng(0).normal(size=model.num_params)
     np.testing.assert_array_equal(model.pack(model.unpack(theta)), theta)
     assert model.num_params == 5 * 25 + 5 + 1
+
+
+@pytest.mark.parametrize("name", ["foe", "gmrf"])
+def test_threads_over_images_give_the_same_batch(name, case):
+    model = sp.make_model(name, num_filters=4, filter_size=3)
+    theta = model.init_params()
+    pairs = [case((20, 17 + s), seed=s) for s in range(4)]
+    one = sp.batch_loss_and_grad(model, theta, pairs, threads=1)
+    two = sp.batch_loss_and_grad(model, theta, pairs, threads=2)
+    assert two.loss == pytest.approx(one.loss, rel=1e-12)
+    np.testing.assert_allclose(two.grad, one.grad, rtol=1e-9, atol=1e-12)
+    assert [r.solve.iterations for r in two.items] == [r.solve.iterations for r in one.items]
+    with pytest.raises(ValueError, match="threads"):
+        sp.batch_loss_and_grad(model, theta, pairs, threads=0)

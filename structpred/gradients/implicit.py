@@ -156,20 +156,23 @@ class ImplicitGradient:
         return AdjointInfo(u=u, iterations=its, residual=float(res), converged=converged,
                            negative_curvature=negative, method=method)
 
-    def predict_and_grad(self, model, x, theta, dl_dy, *, solver, y0=None, u0=None):
+    def predict_and_grad(self, model, x, theta, dl_dy, *, solver, y0=None, u0=None,
+                         serial=False):
         """Minimise with ``solver`` (warm-started from ``y0``), then the implicit gradient of
-        the loss there (adjoint warm-started from ``u0``).
+        the loss there (adjoint warm-started from ``u0``); ``serial`` as in ``__call__``.
 
         Returns ``(SolveResult, dl/dtheta, AdjointInfo)``; ``dl_dy`` is a callable y -> dl/dy.
         """
-        res = solver.minimize(model, x, theta, y0=y0)
-        g, info = self(model, x, theta, res.y, dl_dy(res.y), u0=u0)
+        res = solver.minimize(model, x, theta, y0=y0, serial=serial)
+        g, info = self(model, x, theta, res.y, dl_dy(res.y), u0=u0, serial=serial)
         return res, g, info
 
-    def __call__(self, model, x, theta, y_star, dl_dy, u0=None):
-        """Return ``(dl/dtheta, AdjointInfo)`` at the minimiser ``y_star``."""
+    def __call__(self, model, x, theta, y_star, dl_dy, u0=None, *, serial=False):
+        """Return ``(dl/dtheta, AdjointInfo)`` at the minimiser ``y_star``; ``serial=True``
+        applies E_yy on the calling thread only (threads over images)."""
         with single_threaded_blas():     # the kernels' Numba threads own the cores
-            hvp = model.hessian(y_star, x, theta)
+            hvp = (model.hessian(y_star, x, theta, serial=True) if serial
+                   else model.hessian(y_star, x, theta))
             b = np.ascontiguousarray(dl_dy, dtype=np.float64)
             info = self.solve_adjoint(hvp, b, u0)
             return -model.mixed_product(y_star, x, theta, info.u), info

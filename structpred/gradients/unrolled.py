@@ -264,7 +264,8 @@ class UnrolledGradient:
         return grad, recomputed, hvps, peak
 
     # --------------------------------------------------------------- interface
-    def predict_and_grad(self, model, x, theta, dl_dy, *, solver=None, y0=None, u0=None):
+    def predict_and_grad(self, model, x, theta, dl_dy, *, solver=None, y0=None, u0=None,
+                         serial=False):
         """Prediction y_T and the exact gradient of ``l(y_T)`` in theta.
 
         Parameters
@@ -275,6 +276,8 @@ class UnrolledGradient:
         solver : ignored (the strategy owns its inner iteration)
         y0 : start of the iteration when ``warm_start`` is set
         u0 : ignored (there is no adjoint linear system to warm-start)
+        serial : ignored (the unrolled sweep calls the model's parallel kernels, which are
+            safe to call from several threads at once)
 
         Returns
         -------

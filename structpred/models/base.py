@@ -81,14 +81,19 @@ class EnergyModel(abc.ABC):
 
     # ---------------------------------------------------------------- kernels
     @abc.abstractmethod
-    def objective(self, x: np.ndarray, theta: np.ndarray) -> tuple[Callable, tuple]:
+    def objective(self, x: np.ndarray, theta: np.ndarray, *,
+                  serial: bool = False) -> tuple[Callable, tuple]:
         """Return ``(fg, args)``: ``fg(y_flat, g_flat, args)`` writes grad_y E into
         ``g_flat`` and returns E. ``fg`` is a Numba function (the solvers call it in
-        nopython mode); ``args`` holds the prepared parameters and work buffers."""
+        nopython mode); ``args`` holds the prepared parameters and work buffers.
+        ``serial=True`` asks for a kernel that runs on the calling thread only (the batch
+        objective runs one image per thread); a model without one may ignore it."""
 
     @abc.abstractmethod
-    def hessian(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray) -> Callable:
-        """Return ``hvp(v) -> E_yy v`` for (H, W) arrays ``v``, linearised at ``y``."""
+    def hessian(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray, *,
+                serial: bool = False) -> Callable:
+        """Return ``hvp(v) -> E_yy v`` for (H, W) arrays ``v``, linearised at ``y``
+        (``serial`` as in :meth:`objective`)."""
 
     @abc.abstractmethod
     def mixed_product(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray,

@@ -278,11 +278,14 @@ class LBFGS:
         if not self.max_linesearch >= 2:
             raise ValueError(f"max_linesearch must be >= 2, got {self.max_linesearch}")
 
-    def minimize(self, model, x, theta, y0=None) -> SolveResult:
-        """Minimise ``model``'s energy over y for input ``x`` from ``y0`` (default: ``x``)."""
+    def minimize(self, model, x, theta, y0=None, *, serial: bool = False) -> SolveResult:
+        """Minimise ``model``'s energy over y for input ``x`` from ``y0`` (default: ``x``).
+
+        ``serial=True`` runs the model's kernels on the calling thread only (used when
+        several images are solved at once on threads)."""
         y0 = x if y0 is None else y0
         y0, x, theta = model.check_inputs(y0, x, theta)
-        fg, args = model.objective(x, theta)
+        fg, args = model.objective(x, theta, serial=True) if serial else model.objective(x, theta)
         with single_threaded_blas():     # the kernels' Numba threads own the cores
             y, f, gnorm, it, nev, status = lbfgs_minimize(
                 fg, args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
