@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import structpred as sp
 
 
 def random_case(shape, seed=0, sigma=25.0):

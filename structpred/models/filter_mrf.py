@@ -36,13 +36,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from structpred.kernels.correlation import (
-    adjoint_row_add, correlate, correlate_row, filter_gradient, valid_shape,
-)
-from structpred.kernels.filterbank import kernels_for
-from structpred.kernels.penalties import penalty_terms
 from structpred.data.tasks import make_task
-from structpred.kernels.penalties import penalty_shape_terms
+from structpred.kernels.correlation import filter_gradient, valid_shape
+from structpred.kernels.filterbank import kernels_for
+from structpred.kernels.penalties import penalty_shape_terms, penalty_terms
 from structpred.models.base import EnergyModel
 from structpred.models.dct import dct_filters
 from structpred.models.observation import (
@@ -54,75 +51,6 @@ BASES = ("dct", "free")
 
 
 # ----------------------------------------------------------------------------- kernels
-@njit(parallel=True, nogil=True, cache=True)
-def _prior_pass(y, F, weights, kind, c, Z, erow):
-    """Z[k] <- weights_k rho'(F_k (*) y); erow[i] <- prior energy of response row i."""
-    K = F.shape[0]
-    Hv, Wv = Z.shape[1], Z.shape[2]
-    for i in prange(Hv):
-        acc = 0.0
-        for k in range(K):
-            row = Z[k, i]
-            correlate_row(y, F, k, i, row)
-            wk = weights[k]
-            for j in range(Wv):
-                r, d1, _ = penalty_terms(kind, row[j], c)
-                acc += wk * r
-                row[j] = wk * d1
-        erow[i] = acc
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _curvature_pass(y, F, weights, kind, c, D):
-    """D[k] <- weights_k rho''(F_k (*) y): the diagonal of the prior Hessian in response space."""
-    K = F.shape[0]
-    Hv, Wv = D.shape[1], D.shape[2]
-    for i in prange(Hv):
-        for k in range(K):
-            row = D[k, i]
-            correlate_row(y, F, k, i, row)
-            wk = weights[k]
-            for j in range(Wv):
-                _, _, d2 = penalty_terms(kind, row[j], c)
-                row[j] = wk * d2
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _scaled_responses(v, F, D, S):
-    """S[k] <- D[k] * (F_k (*) v)."""
-    K = F.shape[0]
-    Hv, Wv = S.shape[1], S.shape[2]
-    for i in prange(Hv):
-        for k in range(K):
-            row = S[k, i]
-            correlate_row(v, F, k, i, row)
-            d = D[k, i]
-            for j in range(Wv):
-                row[j] *= d[j]
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _adjoint_onto(R, F, base, out):
-    """out <- base + adjoint correlation of responses R."""
-    for p in prange(out.shape[0]):
-        dst = out[p]
-        dst[:] = base[p]
-        adjoint_row_add(R, F, p, dst)
-
-
-@njit(nogil=True, cache=True)
-def filter_mrf_energy_grad(y_flat, g_flat, args):
-    """Energy-gradient kernel of the filter MRF on flat views (the inner solvers' objective)."""
-    x, F, weights, lam, kind, c, Z, erow = args
-    H, W = x.shape
-    y = y_flat.reshape((H, W))
-    g = g_flat.reshape((H, W))
-    _prior_pass(y, F, weights, kind, c, Z, erow)
-    r = y - x
-    _adjoint_onto(Z, F, lam * r, g)
-    return 0.5 * lam * np.sum(r * r) + np.sum(erow)
-
-
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _penalty_derivatives(Z, kind, c, D1, D2):
     """Elementwise rho'(Z) and rho''(Z) (unweighted)."""
