@@ -217,26 +217,22 @@ def thread_figures(args):
     res = {}
     for nt in sorted({1, min(2, nmax)}):
         numba.set_num_threads(nt)
-        sp.batch_loss_and_grad(model, theta, pairs[:1], solver=solver)
-        res[nt] = median_time(lambda: sp.batch_loss_and_grad(model, theta, pairs, solver=solver),
+        sp.batch_loss_and_grad(model, theta, pairs[:1], solver=solver, threads=1)
+        res[nt] = median_time(lambda: sp.batch_loss_and_grad(model, theta, pairs, solver=solver,
+                                                             threads=1),
                               args.repeats_batch, warm=0)
     numba.set_num_threads(nmax)
     txt = ", ".join(f"{nt} thread{'s' * (nt > 1)} {t:.2f} s" for nt, t in res.items())
     if len(res) > 1:
         txt += f"; speed-up {res[1] / res[2]:.2f}x"
-    row(f"batch loss+grad, {len(pairs)} images {K}x{m}x{m}, images in turn, parallel kernels",
-        txt)
-    # threads over images: one image per Python thread, each with one Numba thread
-    # (numba.set_num_threads is per thread; every kernel and the L-BFGS loop release the GIL)
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(pair):
-        numba.set_num_threads(1)
-        return sp.loss_and_grad(model, theta, *pair, solver=solver)
-    with ThreadPoolExecutor(max(1, min(2, nmax))) as ex:
-        list(ex.map(one, pairs[:2]))
-        tt = median_time(lambda: list(ex.map(one, pairs)), args.repeats_batch, warm=0)
-    row(f"batch loss+grad, {len(pairs)} images {K}x{m}x{m}, 2 Python threads over images",
+    row(f"batch loss+grad, {len(pairs)} images {K}x{m}x{m}, images in turn (threads=1), "
+        "parallel kernels", txt)
+    # the default: one image per thread, single-threaded kernels (batch_loss_and_grad threads=2)
+    nt = max(1, min(2, nmax))
+    sp.batch_loss_and_grad(model, theta, pairs[:2], solver=solver, threads=nt)
+    tt = median_time(lambda: sp.batch_loss_and_grad(model, theta, pairs, solver=solver,
+                                                    threads=nt), args.repeats_batch, warm=0)
+    row(f"batch loss+grad, {len(pairs)} images {K}x{m}x{m}, threads over images (threads={nt})",
         f"{tt:.2f} s; speed-up over 1 thread {res[1] / tt:.2f}x")
     # BLAS threads (numpy, used by the CG vector updates) against Numba threads
     item = pairs[0]
