@@ -8,6 +8,7 @@ from structpred.gradients.implicit import (
 from structpred.gradients.unrolled import (
     TruncatedGradient, UnrolledGradient, UnrolledInfo, estimate_lipschitz,
 )
+from structpred.registry import build
 
 #: registry of gradient strategies: ``name`` in the config -> class
 GRADIENTS = {"implicit": ImplicitGradient, "unrolled": UnrolledGradient,
@@ -17,11 +18,7 @@ GRADIENTS = {"implicit": ImplicitGradient, "unrolled": UnrolledGradient,
 def make_gradient(name: str, **kwargs):
     """Build a gradient strategy by name: ``make_gradient("implicit", rtol=1e-8)``,
     ``make_gradient("unrolled", steps=50)``, ``make_gradient("truncated", truncate=20)``."""
-    try:
-        cls = GRADIENTS[name]
-    except KeyError:
-        raise ValueError(f"unknown gradient {name!r}; allowed: {sorted(GRADIENTS)}") from None
-    return cls(**kwargs)
+    return build(GRADIENTS, "gradient", name, **kwargs)
 
 
 __all__ = ["AdjointInfo", "AdjointWarning", "GRADIENTS", "GradCheck", "ImplicitGradient",

@@ -5,6 +5,7 @@ from structpred.models.base import EnergyModel
 from structpred.models.filter_mrf import FieldsOfExperts, FilterMRF, GaussianMRF
 from structpred.models.pairwise import PairwiseMRF
 from structpred.models.penalties import PENALTIES, Penalty, get_penalty
+from structpred.registry import build
 
 MODELS: dict[str, type[EnergyModel]] = {
     cls.name: cls for cls in (FieldsOfExperts, GaussianMRF, FilterMRF, PairwiseMRF)
@@ -13,11 +14,7 @@ MODELS: dict[str, type[EnergyModel]] = {
 
 def make_model(name: str, **kwargs) -> EnergyModel:
     """Build a registered model: ``make_model("foe", num_filters=24, filter_size=5)``."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; allowed: {sorted(MODELS)}") from None
-    return cls(**kwargs)
+    return build(MODELS, "model", name, **kwargs)
 
 
 __all__ = ["EnergyModel", "FieldsOfExperts", "FilterMRF", "GaussianMRF", "MODELS", "PairwiseMRF", "PENALTIES",

@@ -1,4 +1,5 @@
 """Inner solvers: minimise E(y; x, theta) over y."""
+from structpred.registry import build
 from structpred.solvers.lbfgs import LBFGS
 from structpred.solvers.result import SolveResult, Status
 
@@ -7,11 +8,7 @@ SOLVERS = {"lbfgs": LBFGS}
 
 def make_solver(name: str, **kwargs):
     """Build an inner solver by name: ``make_solver("lbfgs", gtol=1e-6)``."""
-    try:
-        cls = SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown solver {name!r}; allowed: {sorted(SOLVERS)}") from None
-    return cls(**kwargs)
+    return build(SOLVERS, "solver", name, **kwargs)
 
 
 __all__ = ["LBFGS", "SOLVERS", "SolveResult", "Status", "make_solver"]

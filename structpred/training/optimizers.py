@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from structpred.registry import build
+
 
 @dataclass(frozen=True)
 class WarmStart:
@@ -250,8 +252,4 @@ OPTIMIZERS = {"lbfgs": OuterLBFGS, "adam": Adam}
 
 def make_optimizer(name: str, **kwargs):
     """Build an outer optimiser by name: ``make_optimizer("adam", lr=1e-2)``."""
-    try:
-        cls = OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; allowed: {sorted(OPTIMIZERS)}") from None
-    return cls(**kwargs)
+    return build(OPTIMIZERS, "optimizer", name, **kwargs)
