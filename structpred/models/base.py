@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from structpred.kernels.threads import single_threaded_blas
 from structpred.validation import as_image, as_vector, same_shape
 
 
@@ -120,7 +121,8 @@ class EnergyModel(abc.ABC):
         y, x, theta = self.check_inputs(y, x, theta)
         fg, args = self.objective(x, theta)
         g = np.empty_like(y)
-        e = fg(y.ravel(), g.ravel(), args)
+        with single_threaded_blas():     # the kernels' Numba threads own the cores
+            e = fg(y.ravel(), g.ravel(), args)
         return float(e), g
 
     def energy(self, y, x, theta) -> float:
@@ -134,14 +136,16 @@ class EnergyModel(abc.ABC):
         y, x, theta = self.check_inputs(y, x, theta)
         v = as_image("v", v)
         same_shape(("v", "y"), v, y)
-        return self.hessian(y, x, theta)(v)
+        with single_threaded_blas():
+            return self.hessian(y, x, theta)(v)
 
     def mixed(self, y, x, theta, u) -> np.ndarray:
         """E_wy^T u, checked (see :meth:`mixed_product`)."""
         y, x, theta = self.check_inputs(y, x, theta)
         u = as_image("u", u)
         same_shape(("u", "y"), u, y)
-        return self.mixed_product(y, x, theta, u)
+        with single_threaded_blas():
+            return self.mixed_product(y, x, theta, u)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
