@@ -6,8 +6,8 @@ filter coefficients in registers and every loaded image vector reused by a block
 ``KB`` filters (register tiling). The generic loops of :mod:`structpred.kernels.correlation`
 (taps as runtime loops, one filter per pass) are load/store bound and 2-4x slower.
 
-For each m one module is generated (source written once to a cache folder, so that Numba's
-on-disk cache works for it) with:
+For each m one module is generated (written once to a cache folder by
+:mod:`structpred.kernels.codegen`, so that Numba's on-disk cache works for it) with:
 
 * ``prior_pass(y, F, w, kind, c, Rp, erow)``: responses ``z = F (*) y`` for all filters,
   fused with the penalty: ``Rp[k] <- w_k rho'(z_k)`` (interior of a zero-padded buffer)
@@ -17,7 +17,8 @@ on-disk cache works for it) with:
 * ``adjoint_pass(Rp, Ff, y, x, lam, out, drow)``: ``out <- lam (y - x) + C^T R`` and
   ``drow[p] <- lam/2 ||y_p - x_p||^2``, the adjoint correlation computed as a 'valid'
   correlation of the zero-padded responses with the flipped filters ``Ff`` (no edge cases).
-* ``energy_grad(y_flat, g_flat, args)``: the solvers' energy-gradient kernel.
+* ``energy_grad(y_flat, g_flat, args)``: the solvers' energy-gradient kernel;
+  ``energy_grad_task`` the same with a task data term (:mod:`structpred.kernels.dataterm`).
 * ``hvp(v, out, F, Ff, D, lam, Sp, zeros)``: ``out <- lam v + C^T (D * C v)``.
 
 The penalty stays a runtime switch (``kind``), see :mod:`structpred.kernels.penalties`.
@@ -26,12 +27,9 @@ Hessian-vector kernels run on the calling thread only (for threads over images).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
-import threading
+import functools
+
+from structpred.kernels import codegen
 
 KB = 4          # filters per register tile
 
@@ -40,6 +38,7 @@ _TEMPLATE = '''\
 import numpy as np
 from numba import njit, prange
 
+from structpred.kernels.dataterm import data_grad
 from structpred.kernels.penalties import penalty_grad_row, penalty_curv_row
 
 M = {m}
@@ -189,6 +188,35 @@ def energy_grad_serial(y_flat, g_flat, args):
     return np.sum(drow) + np.sum(erow)
 
 
+# A data term lam/2 ||A y - x||^2 with A not the identity (inpainting, deblurring): its
+# gradient G = lam A^T (A y - x) goes into the adjoint pass as its "y", with x = 0, lam = 1.
+@njit(nogil=True, cache=True)
+def energy_grad_task(y_flat, g_flat, args):
+    """Energy-gradient kernel with a task data term (all threads)."""
+    x, F, Ff, w, lam, kind, c, Rp, erow, drow, op, mask, k, kf, T, G, zeros = args
+    H, W = x.shape
+    y = y_flat.reshape((H, W))
+    g = g_flat.reshape((H, W))
+    prior_pass(y, F, w, kind, c, Rp, erow)
+    ed = data_grad(op, y, x, lam, mask, k, kf, T, G)
+    adjoint_pass(Rp, Ff, G, zeros, 1.0, g, drow)
+    return ed + np.sum(erow)
+
+
+@njit(nogil=True, cache=True)
+def energy_grad_task_serial(y_flat, g_flat, args):
+    """Energy-gradient kernel with a task data term (the calling thread only)."""
+    x, F, Ff, w, lam, kind, c, Rp, erow, drow, op, mask, k, kf, T, G, zeros = args
+    H, W = x.shape
+    y = y_flat.reshape((H, W))
+    g = g_flat.reshape((H, W))
+    tmp = np.empty(2 * W)
+    _prior_rows(y, F, w, kind, c, Rp, erow, tmp, 0, H - M + 1)
+    ed = data_grad(op, y, x, lam, mask, k, kf, T, G)
+    _adjoint_rows(Rp, Ff, G, zeros, 1.0, g, drow, 0, H)
+    return ed + np.sum(erow)
+
+
 @njit(nogil=True, cache=True)
 def hvp(v, out, F, Ff, D, lam, Sp, zeros, drow):
     """out <- lam v + C^T (D * (C v)) (all threads)."""
@@ -257,55 +285,9 @@ def generate_source(m: int) -> str:
     return _TEMPLATE.format(m=m, corr_body="\n".join(corr), adj_body="\n".join(adj))
 
 
-_MODULES: dict[int, object] = {}
-_LOCK = threading.Lock()
-
-
-def _cache_dir() -> str:
-    base = os.environ.get("STRUCTPRED_KERNEL_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "structpred", "kernels")
-    return base
-
-
+@functools.cache
 def kernels_for(m: int):
     """The generated kernel module for filter size ``m`` (generated and imported once)."""
-    m = int(m)
-    mod = _MODULES.get(m)
-    if mod is not None:
-        return mod
-    with _LOCK:
-        mod = _MODULES.get(m)
-        if mod is not None:
-            return mod
-        src = generate_source(m)
-        # Numba's cache does not track callees in other modules: key the generated file on
-        # the penalty kernels' source too, so that editing them recompiles these kernels
-        from structpred.kernels import penalties
-        with open(penalties.__file__, "rb") as fh:
-            digest = hashlib.sha1(src.encode() + fh.read()).hexdigest()[:12]
-        name = f"structpred_fb_m{m}_{digest}"
-        path = None
-        for d in (_cache_dir(), os.path.join(tempfile.gettempdir(), "structpred-kernels")):
-            try:
-                os.makedirs(d, exist_ok=True)
-                path = os.path.join(d, name + ".py")
-                if not os.path.exists(path):
-                    tmp = f"{path}.{os.getpid()}.tmp"
-                    with open(tmp, "w") as fh:
-                        fh.write(src)
-                    os.replace(tmp, path)
-                break
-            except OSError:
-                path = None
-        if path is None:   # no writable folder: compile from memory (no on-disk cache)
-            import types
-            mod = types.ModuleType(name)
-            exec(compile(src.replace("cache=True", "cache=False"), name, "exec"), mod.__dict__)
-        else:
-            spec = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[name] = mod
-            spec.loader.exec_module(mod)
-        _MODULES[m] = mod
-        return mod
+    from structpred.kernels import dataterm, penalties
+    return codegen.load(f"structpred_fb_m{int(m)}", generate_source(int(m)),
+                        depends_on=(penalties.__file__, dataterm.__file__))

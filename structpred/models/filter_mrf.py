@@ -38,13 +38,11 @@ from numba import njit, prange
 
 from structpred.data.tasks import make_task
 from structpred.kernels.correlation import filter_gradient, valid_shape
+from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess
 from structpred.kernels.filterbank import kernels_for
 from structpred.kernels.penalties import penalty_shape_terms, penalty_terms
 from structpred.models.base import EnergyModel
 from structpred.models.dct import dct_filters
-from structpred.models.observation import (
-    OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess, task_kernels,
-)
 from structpred.models.penalties import get_penalty
 
 BASES = ("dct", "free")
@@ -254,8 +252,7 @@ class FilterMRF(EnergyModel):
             return (mod.energy_grad_serial if serial else mod.energy_grad), args
         op, M, k, kf = self._operator(x.shape)
         args = args + (op, M, k, kf, np.empty(x.shape), np.empty(x.shape), np.zeros(x.shape))
-        fg, fg_serial = task_kernels(mod)
-        return (fg_serial if serial else fg), args
+        return (mod.energy_grad_task_serial if serial else mod.energy_grad_task), args
 
     def hessian(self, y, x, theta, *, serial: bool = False):
         mod = self.kernels()

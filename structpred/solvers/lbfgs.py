@@ -15,225 +15,54 @@ around 1e-6 on ill-conditioned models where SciPy's L-BFGS-B stalls.
 """
 from __future__ import annotations
 
-import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from structpred.kernels import codegen
 from structpred.kernels.threads import single_threaded_blas
 from structpred.solvers.result import SolveResult, Status
 
-_EPS = np.finfo(np.float64).eps
+_TEMPLATE = os.path.join(os.path.dirname(__file__), "_lbfgs_template.py")
+_BIND = "fg = None  # BIND: replaced by the energy-gradient kernel"
+_LOOPS: dict = {}
+_LOCK = threading.Lock()
 
 
-@njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
-def _dot(a, b):
-    # reassoc: a vectorised reduction (a sequential sum runs at one add per 4 cycles)
-    s = 0.0
-    for i in range(a.size):
-        s += a[i] * b[i]
-    return s
+def loop_for(fg):
+    """The L-BFGS loop ``lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2,
+    max_evals)`` compiled against the energy-gradient kernel ``fg``; returns ``(y, E,
+    ||grad||, iterations, energy evaluations, status code)`` (codes of :class:`Status`).
 
-
-@njit(nogil=True, cache=True)
-def _step_to(y, d, a, out):
-    for i in range(y.size):
-        out[i] = y[i] + a * d[i]
-
-
-@njit(nogil=True, cache=True)
-def _cubic_min(a, fa, da, b, fb, db):
-    """Minimiser of the cubic interpolating (a, fa, da), (b, fb, db); NaN if it has none."""
-    d1 = da + db - 3.0 * (fa - fb) / (a - b)
-    disc = d1 * d1 - da * db
-    if disc < 0.0:
-        return np.nan
-    d2 = math.copysign(math.sqrt(disc), b - a)
-    den = db - da + 2.0 * d2
-    if den == 0.0:
-        return np.nan
-    return b - (b - a) * (db + d2 - d1) / den
-
-
-@njit(nogil=True)
-def _line_search(fg, args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
-    """Strong-Wolfe line search along ``d`` from ``y``.
-
-    On success the accepted point is in ``y_t``/``g_t``; returns ``(a, f, n_evals, ok)``.
+    A kernel from a generated module (the filter-bank kernels) is imported by name into a
+    generated copy of the loop, which Numba caches on disk: a new process loads it instead
+    of compiling it again. Any other kernel (a user's model) is bound in memory, compiled
+    once per process.
     """
-    eps_f = 1e3 * 2.220446049250313e-16 * abs(f0)
-    a_prev, f_prev, dphi_prev = 0.0, f0, dphi0
-    a = a1
-    nev = 0
-    # bracketing phase
-    a_lo = a_hi = 0.0
-    f_lo = f_hi = f0
-    d_lo = d_hi = dphi0
-    bracketed = False
-    while nev < max_evals:
-        _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
-        nev += 1
-        dphi = _dot(g_t, d)
-        if not (math.isfinite(f) and math.isfinite(dphi)):
-            a_lo, f_lo, d_lo = a_prev, f_prev, dphi_prev
-            a_hi, f_hi, d_hi = a, np.inf, np.nan
-            bracketed = True
-            break
-        armijo = f <= f0 + c1 * a * dphi0
-        approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or (nev > 1 and f >= f_prev):
-            a_lo, f_lo, d_lo = a_prev, f_prev, dphi_prev
-            a_hi, f_hi, d_hi = a, f, dphi
-            bracketed = True
-            break
-        if abs(dphi) <= -c2 * dphi0:
-            return a, f, nev, True
-        if dphi >= 0.0:
-            a_lo, f_lo, d_lo = a, f, dphi
-            a_hi, f_hi, d_hi = a_prev, f_prev, dphi_prev
-            bracketed = True
-            break
-        a_prev, f_prev, dphi_prev = a, f, dphi
-        a = 4.0 * a
-    if not bracketed:             # still descending after max_evals extrapolations: take the last
-        if a_prev > 0.0:
-            _step_to(y, d, a_prev, y_t)
-            f = fg(y_t, g_t, args)
-            return a_prev, f, nev + 1, True
-        return 0.0, f0, nev, False
-    # zoom phase: invariant: a_lo satisfies sufficient decrease, has the lowest energy so
-    # far, and phi'(a_lo) (a_hi - a_lo) < 0
-    while nev < max_evals:
-        lo, hi = min(a_lo, a_hi), max(a_lo, a_hi)
-        width = hi - lo
-        a = np.nan
-        if math.isfinite(f_hi) and math.isfinite(d_hi):
-            a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
-        if not (math.isfinite(a) and lo + 0.1 * width <= a <= hi - 0.1 * width):
-            a = 0.5 * (a_lo + a_hi)
-        if width <= 1e-14 * max(1.0, hi):
-            break
-        _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
-        nev += 1
-        dphi = _dot(g_t, d)
-        if not (math.isfinite(f) and math.isfinite(dphi)):
-            a_hi, f_hi, d_hi = a, np.inf, np.nan
-            continue
-        armijo = f <= f0 + c1 * a * dphi0
-        approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or f >= f_lo:
-            a_hi, f_hi, d_hi = a, f, dphi
+    loop = _LOOPS.get(fg)
+    if loop is not None:
+        return loop
+    with _LOCK:
+        loop = _LOOPS.get(fg)
+        if loop is not None:
+            return loop
+        with open(_TEMPLATE) as fh:
+            src = fh.read()
+        if _BIND not in src:                   # pragma: no cover - a broken install
+            raise RuntimeError(f"{_TEMPLATE}: the line {_BIND!r} is missing")
+        owner = sys.modules.get(getattr(fg, "__module__", None) or "")
+        name = getattr(fg, "__name__", "")
+        if getattr(owner, codegen.MARKER, False) and getattr(owner, name, None) is fg:
+            src = src.replace(_BIND, f"from {owner.__name__} import {name} as fg")
+            loop = codegen.load("structpred_lbfgs", src).lbfgs_minimize
         else:
-            if abs(dphi) <= -c2 * dphi0:
-                return a, f, nev, True
-            if dphi * (a_hi - a_lo) >= 0.0:
-                a_hi, f_hi, d_hi = a_lo, f_lo, d_lo
-            a_lo, f_lo, d_lo = a, f, dphi
-    # no Wolfe point found: fall back on the best point with sufficient decrease, if any
-    if a_lo > 0.0 and f_lo < f0:
-        _step_to(y, d, a_lo, y_t)
-        f = fg(y_t, g_t, args)
-        nev += 1
-        return a_lo, f, nev, True
-    return 0.0, f0, nev, False
-
-
-@njit(nogil=True)
-def lbfgs_minimize(fg, args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per_search):
-    """Minimise ``fg`` (energy-gradient kernel ``fg(y, g, args) -> E``) from ``y0`` (flat).
-
-    Returns ``(y, E, ||grad||, iterations, energy evaluations, status)``; status codes are
-    those of :class:`structpred.solvers.result.Status`.
-    """
-    n = y0.size
-    y = y0.copy()
-    g = np.empty(n)
-    f = fg(y, g, args)
-    nev = 1
-    gnorm = math.sqrt(_dot(g, g))
-    if not (math.isfinite(f) and math.isfinite(gnorm)):
-        return y, f, gnorm, 0, nev, 3
-    tol = max(gtol, rtol * gnorm)
-    S = np.zeros((history, n))
-    Yd = np.zeros((history, n))
-    rho = np.zeros(history)
-    al = np.zeros(history)
-    d = np.empty(n)
-    y_t = np.empty(n)
-    g_t = np.empty(n)
-    count = 0      # stored pairs
-    newest = -1    # index of the newest pair in the ring buffer
-    it = 0
-    status = 1
-    while True:
-        if gnorm <= tol:
-            status = 0
-            break
-        if it >= maxiter:
-            status = 1
-            break
-        # two-loop recursion: d = -H g
-        for i in range(n):
-            d[i] = g[i]
-        for j in range(count):
-            idx = (newest - j) % history
-            al[idx] = rho[idx] * _dot(S[idx], d)
-            a_ = al[idx]
-            Yi = Yd[idx]
-            for i in range(n):
-                d[i] -= a_ * Yi[i]
-        if count > 0:
-            yy = _dot(Yd[newest], Yd[newest])
-            gamma = 1.0 / (rho[newest] * yy)
-        else:
-            gamma = 1.0 / gnorm   # first step: move by at most 1 in the l2 norm
-        for i in range(n):
-            d[i] *= gamma
-        for j in range(count - 1, -1, -1):
-            idx = (newest - j) % history
-            b_ = rho[idx] * _dot(Yd[idx], d)
-            Si = S[idx]
-            c_ = al[idx] - b_
-            for i in range(n):
-                d[i] += c_ * Si[i]
-        for i in range(n):
-            d[i] = -d[i]
-        dphi0 = _dot(g, d)
-        if not dphi0 < 0.0:            # not a descent direction: restart from steepest descent
-            count = 0
-            for i in range(n):
-                d[i] = -g[i] / gnorm
-            dphi0 = -gnorm
-        a, f_new, k, ok = _line_search(fg, args, y, f, d, dphi0, 1.0, c1, c2,
-                                       max_evals_per_search, y_t, g_t)
-        nev += k
-        if not ok:
-            if count > 0:              # drop the curvature memory and retry once
-                count = 0
-                continue
-            status = 2
-            break
-        # s = y_t - y, yk = g_t - g, stored in the ring buffer
-        nxt = (newest + 1) % history
-        Sn = S[nxt]
-        Yn = Yd[nxt]
-        for i in range(n):
-            Sn[i] = y_t[i] - y[i]
-            Yn[i] = g_t[i] - g[i]
-        sy = _dot(Sn, Yn)
-        if sy > 1e-16 * _dot(Yn, Yn):    # keep the pair only if it preserves positive definiteness
-            rho[nxt] = 1.0 / sy
-            newest = nxt
-            count = min(count + 1, history)
-        y, y_t = y_t, y
-        g, g_t = g_t, g
-        f = f_new
-        gnorm = math.sqrt(_dot(g, g))
-        it += 1
-    return y, f, gnorm, it, nev, status
+            loop = codegen.in_memory("structpred_lbfgs_bound", src.replace(_BIND, ""),
+                                     {"fg": fg}).lbfgs_minimize
+        _LOOPS[fg] = loop
+        return loop
 
 
 @dataclass(frozen=True)
@@ -287,8 +116,8 @@ class LBFGS:
         y0, x, theta = model.check_inputs(y0, x, theta)
         fg, args = model.objective(x, theta, serial=True) if serial else model.objective(x, theta)
         with single_threaded_blas():     # the kernels' Numba threads own the cores
-            y, f, gnorm, it, nev, status = lbfgs_minimize(
-                fg, args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
+            y, f, gnorm, it, nev, status = loop_for(fg)(
+                args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
                 int(self.maxiter), int(self.history), float(self.c1), float(self.c2),
                 int(self.max_linesearch))
         return SolveResult(y=y.reshape(x.shape), energy=float(f), grad_norm=float(gnorm),

@@ -1,6 +1,7 @@
 """Numba kernels of the data term ``lam/2 ||A y - x||^2`` for a non-identity observation
 operator A (inpainting mask, known blur; see :mod:`structpred.data.tasks` for the
-conventions) and the energy-gradient kernels of a filter MRF with such a data term.
+conventions). The filter MRF's energy-gradient kernels with such a data term are generated
+with the filter-bank kernels (:mod:`structpred.kernels.filterbank`, ``energy_grad_task``).
 
 The identity (denoising) keeps the fused fast path of :mod:`structpred.kernels.filterbank`
 untouched; for another A the data gradient ``G = lam A^T (A y - x)`` is computed here and
@@ -9,7 +10,6 @@ adjoint adds ``C^T R`` onto G), and the data energy is computed here too.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 OP_IDENTITY, OP_MASK, OP_BLUR = 0, 1, 2
@@ -75,44 +75,3 @@ def data_hess(op, v, lam, M, k, kf, T, out):
         for j in range(W):
             out[i, j] *= lam
 
-
-_KERNELS: dict = {}
-
-
-def task_kernels(mod):
-    """``(energy_grad, energy_grad_serial)`` for the generated filter-bank module ``mod``,
-    with args ``(x, F, Ff, w, lam, kind, c, Rp, erow, drow, op, M, k, kf, T, G, zeros)``."""
-    key = id(mod)
-    out = _KERNELS.get(key)
-    if out is not None:
-        return out
-    prior_pass, adjoint_pass = mod.prior_pass, mod.adjoint_pass
-    prior_rows, adjoint_rows = mod._prior_rows, mod._adjoint_rows
-    m = int(mod.M)
-
-    @njit(nogil=True)
-    def energy_grad(y_flat, g_flat, args):
-        x, F, Ff, w, lam, kind, c, Rp, erow, drow, op, M, k, kf, T, G, zeros = args
-        H, W = x.shape
-        y = y_flat.reshape((H, W))
-        g = g_flat.reshape((H, W))
-        prior_pass(y, F, w, kind, c, Rp, erow)
-        ed = data_grad(op, y, x, lam, M, k, kf, T, G)
-        adjoint_pass(Rp, Ff, G, zeros, 1.0, g, drow)
-        return ed + np.sum(erow)
-
-    @njit(nogil=True)
-    def energy_grad_serial(y_flat, g_flat, args):
-        x, F, Ff, w, lam, kind, c, Rp, erow, drow, op, M, k, kf, T, G, zeros = args
-        H, W = x.shape
-        y = y_flat.reshape((H, W))
-        g = g_flat.reshape((H, W))
-        tmp = np.empty(2 * W)
-        prior_rows(y, F, w, kind, c, Rp, erow, tmp, 0, H - m + 1)
-        ed = data_grad(op, y, x, lam, M, k, kf, T, G)
-        adjoint_rows(Rp, Ff, G, zeros, 1.0, g, drow, 0, H)
-        return ed + np.sum(erow)
-
-    out = (energy_grad, energy_grad_serial)
-    _KERNELS[key] = out
-    return out
