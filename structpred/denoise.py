@@ -4,8 +4,11 @@
 
 MODEL is an MLflow run id, ``runs:/<id>``, a ``structpred_model.npz`` or a run folder. Each
 IMAGE (grayscale PNG/JPEG/TIFF, 0..255) is written as ``OUTDIR/<name>_denoised.png``.
-``--add-noise SIGMA`` first adds Gaussian noise (seed ``--seed``) to a clean image, to try a
-model on a clean photograph; with ``--gray`` colour images are converted to gray.
+``--add-noise SIGMA`` first degrades a clean image as the model was trained to undo (its task,
+stored in the model file: noise only, or the inpainting mask, or the blur, then Gaussian noise
+of seed ``--seed``), to try a model on a clean photograph; with ``--gray`` colour images are
+converted to gray. Without it, each IMAGE is the observation itself (for an inpainting model
+the pixels outside the model's mask are ignored and restored).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("images", nargs="+", help="grayscale image files")
     p.add_argument("-o", "--out", default="denoised", help="output folder (default: denoised)")
     p.add_argument("--add-noise", type=float, default=None, metavar="SIGMA",
-                   help="add N(0, SIGMA^2) noise first (for trying a model on a clean image)")
+                   help="degrade the image first with the model's task (mask or blur, if any) "
+                        "and N(0, SIGMA^2) noise (for trying a model on a clean image)")
     p.add_argument("--seed", type=int, default=0, help="noise seed for --add-noise")
     p.add_argument("--gray", action="store_true", help="convert colour images to gray")
     p.add_argument("--tracking-uri", default=None,
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import imageio.v3 as iio
 
-    from structpred.data import DataError, add_noise
+    from structpred.data import DataError, make_task
     from structpred.data.noise import noise_rng
     from structpred.losses import psnr
     from structpred.tracking.model_io import ModelFileError, load_model
@@ -66,6 +70,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, OSError, ModelFileError) as exc:
         print(f"error: model: {exc}", file=sys.stderr)
         return 2
+    task = make_task(getattr(trained.model, "task", None))   # the task the model was trained for
+    if not task.identity:
+        print(f"model task: {task.describe()}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(args.images):
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
             return 2
         clean = None
         if args.add_noise is not None:
-            clean, x = x, add_noise(x, args.add_noise, noise_rng(args.seed, "user", i))
+            clean, x = x, task.degrade(x, args.add_noise, noise_rng(args.seed, "user", i))
             iio.imwrite(out / f"{Path(name).stem}_noisy.png",
                         np.clip(np.round(x), 0, 255).astype(np.uint8))
         y = trained.denoise(x)

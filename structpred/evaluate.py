@@ -1,7 +1,9 @@
 """Evaluate a trained model on a test set: ``python -m structpred.evaluate model_ref=RUN_ID``.
 
 Noise follows the published convention (clean + sigma * N(0, 1) in 0..255, not rounded,
-fixed seed ``data.seed``); ``data.rounded=true`` gives the 8-bit regime. Writes a per-image
+fixed seed ``data.seed``); ``data.rounded=true`` gives the 8-bit regime. The task (denoise,
+inpaint with its mask, deblur with its kernel) is the one stored in the model file; a
+``data.task`` that asks for another one is an error (exit 2). Writes a per-image
 PSNR table (``psnr.csv``) and the noisy/denoised PNGs to the run folder, prints the mean,
 and logs everything to MLflow (a run tagged with the evaluated model's reference).
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from structpred.training.config import register_resolvers
 
@@ -53,6 +55,8 @@ def evaluate(cfg: DictConfig) -> float:
         trained = load_model(cfg.model_ref, solver=C.build_solver(cfg), tracking_uri=uri)
     except (FileNotFoundError, OSError, ModelFileError) as exc:
         raise C.ConfigError("model_ref", str(exc)) from None
+    task = _task(cfg, trained)
+    log.info("task: %s (from the model file)", task.describe())
     data = load_splits(cfg.data, min_shape=trained.model.min_image_shape(),
                        splits=(cfg.split,))[cfg.split]
     out = Path(cfg.paths.output_dir)
@@ -76,9 +80,10 @@ def evaluate(cfg: DictConfig) -> float:
     mean_noisy = float(np.mean([r[1] for r in rows]))
     mean = float(np.mean([r[2] for r in rows]))
     regime = "rounded to 8 bit" if cfg.data.rounded else "not rounded"
+    what = "" if task.identity else f", task {task.describe()}"
     print(f"{len(rows)} images, sigma = {cfg.data.sigma:g} (noise {regime}, seed "
-          f"{cfg.data.seed}): mean PSNR noisy {mean_noisy:.2f} dB -> denoised {mean:.2f} dB; "
-          f"table in {table}", flush=True)
+          f"{cfg.data.seed}{what}): mean PSNR noisy {mean_noisy:.2f} dB -> denoised "
+          f"{mean:.2f} dB; table in {table}", flush=True)
     if cfg.tracking.enabled:
         tracker = Tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
         tracker.start(run_name=cfg.tracking.run_name or f"evaluate {cfg.data.name} "
@@ -97,6 +102,24 @@ def evaluate(cfg: DictConfig) -> float:
             raise
         tracker.end("FINISHED")
     return mean
+
+
+def _task(cfg, trained):
+    """The model's task, written into ``cfg.data.task`` (what the data are degraded with and
+    what is logged); a ``data.task`` given by the user must agree with it (ConfigError)."""
+    from structpred.data import task_for_model
+    from structpred.training.config import ConfigError
+    requested = cfg.data.get("task")
+    if isinstance(requested, DictConfig):
+        requested = OmegaConf.to_container(requested, resolve=True)
+    try:
+        task = task_for_model(getattr(trained.model, "task", None), requested,
+                              source="data.task")
+    except ValueError as exc:
+        raise ConfigError("data.task", str(exc).splitlines()[0]) from None
+    with open_dict(cfg):
+        cfg.data.task = task.as_dict()
+    return task
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")

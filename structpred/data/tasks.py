@@ -25,6 +25,9 @@ from typing import Mapping
 import numpy as np
 
 TASKS = ("denoise", "inpaint", "deblur")
+#: the parameters that matter to each task (the others are ignored by it)
+TASK_PARAMS = {"denoise": (), "inpaint": ("missing", "mask_seed"),
+               "deblur": ("blur_sigma", "blur_size")}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,13 @@ class Task:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def describe(self) -> str:
+        """The name and the parameters that matter, e.g. ``inpaint (missing=0.5, mask_seed=0)``."""
+        keys = TASK_PARAMS[self.name]
+        if not keys:
+            return self.name
+        return f"{self.name} ({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 
     # ----------------------------------------------------------------- operators
     def mask(self, shape) -> np.ndarray:
@@ -108,6 +118,45 @@ def correlate_same(y: np.ndarray, k: np.ndarray) -> np.ndarray:
         for b in range(k.shape[1]):
             out += k[a, b] * p[a:a + h, b:b + w]
     return out
+
+
+def _spec_dict(spec) -> dict:
+    """The keys a task spec gives explicitly (a name gives only ``name``)."""
+    if isinstance(spec, Task):
+        return spec.as_dict()
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise ValueError(f"task must be a name or a mapping, got {spec!r}")
+
+
+def task_for_model(trained, requested=None, *, source: str = "the task") -> Task:
+    """The task to run a model trained for ``trained`` on.
+
+    ``requested`` None: the model's own task. Otherwise (a name, a mapping or a Task) it must
+    agree with the model's task on every key it gives that matters to that task (the name,
+    ``missing``/``mask_seed`` for inpaint, ``blur_sigma``/``blur_size`` for deblur); keys it
+    leaves out are the model's. Raises ValueError (one line) if it asks for another task or
+    other parameters (naming ``source``, where the request came from): a model restores only
+    the degradation it was trained for, so evaluating it on another one would silently
+    measure the wrong thing.
+    """
+    trained = make_task(trained)
+    if requested is None:
+        return trained
+    spec = _spec_dict(requested)
+    make_task(spec)                        # unknown keys or bad values: its own message
+    asked = make_task({**trained.as_dict(), **spec})
+    if asked.name != trained.name:
+        what = asked.name
+    else:
+        diff = [k for k in TASK_PARAMS[trained.name] if getattr(asked, k) != getattr(trained, k)]
+        if not diff:
+            return trained
+        what = ", ".join(f"{k}={getattr(asked, k)!r}" for k in diff)
+    raise ValueError(f"the model was trained for {trained.describe()} but {source} asks for "
+                     f"{what}; leave {source} out to use the model's task")
 
 
 def make_task(spec=None) -> Task:
