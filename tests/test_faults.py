@@ -337,6 +337,47 @@ def test_corrupt_or_incompatible_model_file_names_file_and_version(tmp_path, cap
     assert len(err) == 1 and "bad.npz" in err[0]
 
 
+@pytest.mark.parametrize("fault", ["half written", "fsync fails", "crash"])
+def test_model_file_write_failure_keeps_the_previous_file(tmp_path, monkeypatch, fault):
+    """A model file is written to a temporary file and renamed over the old one: a failure
+    in the middle of the write leaves the previous model file whole and no temporary."""
+    import structpred as sp
+    import structpred.training.checkpoint as ckpt
+    model = sp.make_model("foe", num_filters=2, filter_size=3)
+    old_theta = model.init_params()
+    path = save_model(tmp_path / "structpred_model.npz", model, old_theta, meta={"n": 1})
+    before = path.read_bytes()
+    real_write = ckpt._write_durably
+
+    def half(tmp, payload):    # the disk fills up half way through the file
+        with open(tmp, "wb") as fh:
+            fh.write(bytes(payload)[:len(payload) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def crash(tmp, payload):   # e.g. Ctrl-C while the bytes are going out
+        real_write(tmp, bytes(payload)[:100])
+        raise KeyboardInterrupt
+    if fault == "fsync fails":
+        monkeypatch.setattr(os, "fsync", fsync)
+    else:
+        monkeypatch.setattr(ckpt, "_write_durably", half if fault == "half written" else crash)
+    with pytest.raises(KeyboardInterrupt if fault == "crash" else OSError):
+        save_model(path, model, old_theta + 1.0, meta={"n": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["structpred_model.npz"]  # no temporary
+    back = read_model_file(path)
+    np.testing.assert_array_equal(back.theta, old_theta)
+    assert back.meta == {"n": 1}
+    # and a write that succeeds replaces it
+    save_model(path, model, old_theta + 1.0, meta={"n": 2})
+    np.testing.assert_array_equal(read_model_file(path).theta, old_theta + 1.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["structpred_model.npz"]
+
+
 def test_bad_policy_value_names_the_key(tmp_path):
     from structpred.training.config import validate
     with pytest.raises(ConfigError, match=r"trainer\.max_unconverged_fraction: must be in"):

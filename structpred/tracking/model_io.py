@@ -2,7 +2,8 @@
 
 A model file (``structpred_model.npz``) holds the flat parameters and, as JSON, the model's
 registry name and constructor arguments, the inner solver's settings and the training sigma:
-enough to rebuild and use the model with nothing else.
+enough to rebuild and use the model with nothing else. It is written atomically (a temporary
+file in the same folder renamed over the old one, as checkpoints are).
 
 :func:`load_model` accepts a model file, a folder holding one (a Hydra run folder, a
 downloaded artifact folder), an MLflow run id or ``runs:/<run id>``; it returns a
@@ -48,17 +49,21 @@ class TrainedModel:
 
 
 def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> Path:
-    """Write a model file (atomic enough for our use: written once at the end of a run)."""
+    """Write a model file atomically (a temporary file in the same folder, renamed over
+    ``path``): a crash or a full disk leaves any previous file at ``path`` intact. Raises
+    OSError if the file cannot be written."""
+    import io
     from dataclasses import asdict
+
+    from structpred.training.checkpoint import write_atomic
     head = {"format": MODEL_FORMAT, "structpred_version": _version(),
             "model": {"name": model.name, **model.config()},
             "solver": ({"name": "lbfgs", **asdict(solver)} if solver is not None else None),
             "meta": meta or {}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, theta=np.asarray(theta, dtype=np.float64),
+    buf = io.BytesIO()
+    np.savez(buf, theta=np.asarray(theta, dtype=np.float64),
              header=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8))
-    return path
+    return write_atomic(Path(path), buf.getbuffer())
 
 
 def _version() -> str:

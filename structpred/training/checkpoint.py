@@ -91,6 +91,26 @@ def _write_durably(tmp: Path, payload) -> None:
         os.fsync(fh.fileno())
 
 
+def write_atomic(path, payload, *, before_replace=None) -> Path:
+    """Write the bytes ``payload`` to ``path`` atomically: to a temporary file in the same
+    folder, flushed to disk, then renamed over ``path`` (``os.replace``), so a crash or a
+    full disk never leaves half a file under the real name. ``before_replace()`` runs just
+    before the rename. On any error the temporary file is removed, ``path`` is left as it
+    was, and the error is re-raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_durably(tmp, payload)
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _keep_previous(path: Path) -> None:
     """Make ``prev.npz`` a copy of the current ``path`` (atomically: link or copy to a
     temporary name, then rename), so ``path`` itself is never missing."""
@@ -123,14 +143,9 @@ def save_checkpoint(path, optimizer_name: str, state, meta: dict | None = None) 
             "state": spec, "meta": meta or {}}
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8), **arrays)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(tmp, buf.getbuffer())
-        _keep_previous(path)
-        os.replace(tmp, path)
+        write_atomic(path, buf.getbuffer(), before_replace=lambda: _keep_previous(path))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         raise CheckpointError(f"{path}: cannot write checkpoint ({why}); the previous "
                               "checkpoint is unchanged") from exc
