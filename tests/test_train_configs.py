@@ -61,6 +61,13 @@ BAD = [
     ("solver.maxiter=-3", "solver.maxiter"),
     ("+model.penalty=huber", "model.penalty"),
     ("trainer.shrink=2", "trainer.shrink"),
+    ("tracking.retries=-1", "tracking.retries"),
+    ("tracking.retries=1.5", "tracking.retries"),
+    ("tracking.retries=two", "tracking.retries"),
+    ("tracking.retries=null", "tracking.retries"),
+    ("tracking.retry_wait=-2", "tracking.retry_wait"),
+    ("tracking.http_retries=-1", "tracking.http_retries"),
+    ("tracking.http_timeout=0", "tracking.http_timeout"),
 ]
 
 
@@ -74,6 +81,30 @@ def test_bad_value_names_the_key(override, key, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
+
+
+@pytest.mark.parametrize("value,message", [("-1", "must be >= 0, got -1"),
+                                           ("2.5", "must be an integer, got 2.5"),
+                                           ("true", "must be an integer, got True")])
+def test_bad_tracking_retries_is_one_line_for_train_and_evaluate(value, message, tmp_path,
+                                                                  capsys):
+    from structpred.evaluate import evaluate
+    train_cfg = compose_cfg(["+experiment=denoise", "+debug=fast", "tracking.enabled=false",
+                             f"tracking.retries={value}"], tmp_path)
+    eval_cfg = compose_cfg(["model_ref=unused.npz", f"tracking.retries={value}"], tmp_path,
+                           config_name="evaluate", progress_key=False)
+    for fn, cfg in ((train, train_cfg), (evaluate, eval_cfg)):
+        with pytest.raises(SystemExit) as exc:
+            guarded(fn, cfg)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: tracking.retries: {message}"], err
+
+
+def test_valid_tracking_retries_pass(tmp_path):
+    validate(compose_cfg(["+experiment=denoise", "tracking.retries=0",
+                          "tracking.retry_wait=0"], tmp_path))
+    validate(compose_cfg(["+experiment=denoise", "tracking.retries=5"], tmp_path))
 
 
 def test_unknown_name_lists_allowed_values(tmp_path):

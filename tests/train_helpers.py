@@ -16,9 +16,11 @@ DATA = ROOT.parent / "shared" / "data"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
-def compose_cfg(overrides, tmp: Path, config_name="train", store: Path | None = None):
+def compose_cfg(overrides, tmp: Path, config_name="train", store: Path | None = None,
+                progress_key=True):
     """The config the CLI would build, with every output under ``tmp`` and MLflow in
-    ``store`` (a folder; sqlite file inside)."""
+    ``store`` (a folder; sqlite file inside). ``progress_key=False`` for configs without a
+    ``progress`` key (``evaluate``)."""
     store = store or tmp
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -26,7 +28,7 @@ def compose_cfg(overrides, tmp: Path, config_name="train", store: Path | None = 
             *overrides,
             f"paths.output_dir={tmp}",
             f"tracking.uri=sqlite:///{store}/mlflow.db",
-            "progress=false",
+            *(["progress=false"] if progress_key else []),
         ])
 
 

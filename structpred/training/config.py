@@ -141,11 +141,22 @@ def _check_penalty(cfg) -> None:
                           f"{sorted(PENALTIES)}")
 
 
+#: numeric keys of the tracking group: (integer, strictly positive); absent keys take the
+#: Tracker's defaults, a key that is present must hold a valid value (null is not one)
+_TRACKING_NUMBERS = {"retries": (True, False), "retry_wait": (False, False),
+                     "http_retries": (True, False), "http_timeout": (False, True)}
+
+
 def _check_tracking(cfg) -> None:
     mode = OmegaConf.select(cfg, "tracking.on_unreachable")
     if mode is not None and mode not in ("error", "local"):
         raise ConfigError("tracking.on_unreachable", f"unknown mode {mode!r}; allowed: "
                           "['error', 'local']")
+    group = cfg.get("tracking")
+    for key, (integer, positive) in _TRACKING_NUMBERS.items():
+        if group is not None and key in group:
+            _number(cfg, f"tracking.{key}", integer=integer, positive=positive,
+                    nonneg=not positive)
 
 
 def _check_policy(cfg) -> None:
