@@ -83,3 +83,118 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path):
     ast = adam.init(fun, np.ones(3), 4)
     save_checkpoint(tmp_path / "a.npz", "adam", ast)
     assert load_checkpoint(tmp_path / "a.npz")[1].rng_state == ast.rng_state
+
+
+# ------------------------------------------------ resume after rejected outer steps
+REJECT = ["+experiment=denoise", "+debug=fast", "optimizer.max_iter=4", "checkpoint.every=1",
+          "val_every=0", "tracking.enabled=false"]
+OPTS = {"lbfgs": ["optimizer=lbfgs"], "adam": ["optimizer=adam", "optimizer.batch_size=1"]}
+
+
+def _reject_from(monkeypatch, iteration, on_reject=None):
+    """Fault injection: reject every outer step reaching ``iteration`` or later while its
+    step is not yet shrunk below 0.05 (L-BFGS' ``step_scale``, Adam's ``lr_scale``): each such
+    step is rejected twice in a row (scale 1, then 0.1) and accepted at 0.001, whatever the
+    process, so an undisturbed and a resumed run meet the same rejections."""
+    real = loop.bad_step
+
+    def patched(good, new, max_increase):
+        scale = getattr(good, "step_scale", getattr(good, "lr_scale", 1.0))
+        if new.iteration >= iteration and scale > 0.05:
+            if on_reject is not None:
+                on_reject()
+            return f"injected fault (step scale {scale:g})"
+        return real(good, new, max_increase)
+    monkeypatch.setattr(loop, "bad_step", patched)
+
+
+def _history(folder):
+    _, state, meta = load_checkpoint(folder / "checkpoints" / "last.npz")
+    return state, [(h["step"], h.get("rejected_steps"), h["train_loss"])
+                   for h in meta["history"]]
+
+
+@pytest.fixture(scope="module")
+def undisturbed_with_rejections(tmp_path_factory):
+    """Per optimiser: the final theta and (step, rejected_steps, loss) history of a run
+    whose steps to iteration 3 and 4 are rejected (twice each for L-BFGS)."""
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        _reject_from(mp, 3)
+        for opt, extra in OPTS.items():
+            tmp = tmp_path_factory.mktemp(f"undisturbed_{opt}")
+            train(compose_cfg(REJECT + extra, tmp))
+            out[opt] = (read_model_file(tmp / "structpred_model.npz").theta, _history(tmp)[1])
+    return out
+
+
+@pytest.mark.parametrize("opt,when", [("lbfgs", "at the first rejection"),
+                                      ("adam", "at the first rejection"),
+                                      ("adam", "before the first rejection")])
+def test_resume_after_rejected_steps_equals_undisturbed(opt, when, tmp_path, monkeypatch,
+                                                        undisturbed_with_rejections):
+    """The rejection memory (rejections so far and in a row, and for Adam the good state
+    before the current one, which a rejection goes back to) is checkpointed: interrupted in
+    the middle of a run of rejections, or just before one, the resumed run ends where the
+    undisturbed one does, with the same rejected_steps metrics."""
+    theta_full, history_full = undisturbed_with_rejections[opt]
+    assert max(r or 0 for _, r, _ in history_full) >= 2   # rejections did happen
+    assert history_full[-1][0] == 4
+    cfg = REJECT + OPTS[opt]
+    sent = []
+
+    def interrupt():
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    if when == "at the first rejection":
+        _reject_from(monkeypatch, 3, on_reject=interrupt)
+    else:
+        _reject_from(monkeypatch, 3)
+        _interrupt_at(monkeypatch, 2)
+    with pytest.raises(SystemExit) as exc:
+        train(compose_cfg(cfg, tmp_path))
+    assert exc.value.code == 128 + signal.SIGINT
+    _, _, meta, extra = load_checkpoint(tmp_path / "checkpoints" / "last.npz", with_extra=True)
+    rejected = 1 if when == "at the first rejection" else 0
+    assert meta["trainer"]["rejected"] == rejected and meta["trainer"]["streak"] == rejected
+    assert ("before" in extra) == (opt == "adam")          # only Adam goes back to it
+    monkeypatch.undo()
+
+    _reject_from(monkeypatch, 3)
+    train(compose_cfg(cfg + [f"resume={tmp_path / 'checkpoints' / 'last.npz'}"], tmp_path))
+    np.testing.assert_allclose(read_model_file(tmp_path / "structpred_model.npz").theta,
+                               theta_full, rtol=1e-12, atol=0)
+    assert _history(tmp_path)[1] == history_full
+
+
+def test_checkpoint_extra_states_share_warm_starts_and_old_files_load(tmp_path):
+    from structpred.training.loop import Trainer
+    from structpred.training.optimizers import WarmStart
+    w = tuple(WarmStart(y=np.full((2, 2), float(i)), u=np.zeros((2, 2))) for i in range(3))
+    adam = Adam(seed=1)
+    before = adam.init(None, np.ones(3), 3).__class__(
+        theta=np.ones(3), m=np.zeros(3), v=np.zeros(3), rng_state={"a": 1}, warm=w)
+    now = before.__class__(theta=np.zeros(3), m=np.ones(3), v=np.ones(3), rng_state={"a": 2},
+                           iteration=1, warm=(w[0], WarmStart(y=np.ones((2, 2)), u=None), w[2]))
+    path = save_checkpoint(tmp_path / "c.npz", "adam", now, {"trainer": {"rejected": 2}},
+                           extra_states={"before": before})
+    with np.load(path) as z:       # the two shared warm starts are stored once
+        assert sum(k.endswith("/y") for k in z.files) == 4
+    name, st, meta, extra = load_checkpoint(path, with_extra=True)
+    assert load_checkpoint(path)[1].iteration == 1          # the 3-tuple form is unchanged
+    b = extra["before"]
+    np.testing.assert_array_equal(b.theta, before.theta)
+    assert b.rng_state == {"a": 1} and st.rng_state == {"a": 2}
+    for i in range(3):
+        np.testing.assert_array_equal(b.warm[i].y, w[i].y)
+    assert b.warm[0] is st.warm[0] and b.warm[1] is not st.warm[1]
+    assert st.warm[1].u is None
+    # a checkpoint of before the rejection memory was kept: no extra states, no memory
+    old = save_checkpoint(tmp_path / "old.npz", "adam", now, {"history": []})
+    assert load_checkpoint(old, with_extra=True)[3] == {}
+    trainer = Trainer(adam, None, now, None)
+    trainer.restore(load_checkpoint(old)[2].get("trainer"), None)
+    assert (trainer.rejected, trainer.streak, trainer.events, trainer.before) == (0, 0, [], None)
+    trainer.restore(meta["trainer"], b)
+    assert (trainer.rejected, trainer.streak, trainer.before) == (2, 0, b)

@@ -26,6 +26,7 @@ log = logging.getLogger("structpred.train")
 CKPT_NAME = "last.npz"
 EXIT_FAILED = 3   #: the robustness policy stopped the run (README "Robustness")
 CKPT_TAG = "structpred.checkpoint"
+BEFORE = "before"   #: extra checkpoint state: the outer loop's last good state before the current
 
 
 def fail(message: str, code: int = C.EXIT_CONFIG):
@@ -89,16 +90,18 @@ def _tracker(cfg, out_dir):
 
 
 def _resume_state(ref, optimizer, model):
-    """``(state, meta)`` of the checkpoint ``ref`` (or the one before it, if torn)."""
+    """``(state, meta, before)`` of the checkpoint ``ref`` (or the one before it, if torn);
+    ``before`` is the outer loop's last good state before ``state`` if the checkpoint kept
+    one (see :class:`Trainer`), else None."""
     try:
-        used, name, state, meta = load_latest(ref)
+        used, name, state, meta, extra = load_latest(ref, with_extra=True)
     except (FileNotFoundError, CheckpointError) as exc:
         raise C.ConfigError("resume", str(exc)) from None
     if name != optimizer.name or state.theta.size != model.num_params:
         raise C.ConfigError("resume", f"{used}: checkpoint of a {name} run with "
                             f"{state.theta.size} parameters does not match this config")
     log.info("resuming from %s at outer iteration %d", used, state.iteration)
-    return state, meta
+    return state, meta, extra.get(BEFORE)
 
 
 def _psnrs(ys, data) -> list[float]:
@@ -133,11 +136,11 @@ def train(cfg: DictConfig) -> float | None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
 
-    state, meta = None, {}
+    state, meta, before = None, {}, None
     tracker = _tracker(cfg, out_dir)
     if cfg.resume:
         ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
-        state, meta = _resume_state(ref, optimizer, model)
+        state, meta, before = _resume_state(ref, optimizer, model)
     if tracker:
         tracker.start(run_id=meta.get("run_id"), run_name=cfg.tracking.run_name,
                       tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags)})
@@ -151,7 +154,7 @@ def train(cfg: DictConfig) -> float | None:
     history: list[dict] = list(meta.get("history", []))
 
     stop = StopFlag()
-    bar = None
+    bar = trainer = None
     fun = TrainObjective(model, solver, gradient, train_set.pairs(), on_image=stop.check)
     status = "FAILED"
     try:
@@ -196,19 +199,21 @@ def train(cfg: DictConfig) -> float | None:
                              metrics["evals"], metrics["wall_time"])
                 every = int(cfg.checkpoint.every)
                 if every and st.iteration % every == 0:
-                    _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"])
+                    _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"],
+                          trainer)
 
             trainer = Trainer(optimizer, fun, state, on_step,
                               elapsed0=float(meta.get("elapsed", 0.0)),
                               policy=C.build_policy(cfg), names=train_set.names,
                               count_inner=gradient.uses_argmin)
+            trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed
             state = trainer.run()
             if bar is not None:
                 bar.close()
                 bar = None
             log.info("training stopped: %s", trainer.reason)
             elapsed = history[-1]["wall_time"] if history and "wall_time" in history[-1] else 0
-            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed)
+            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed, trainer)
             if tracker:
                 tracker.log_artifact(ckpt_path, "checkpoints")
             result = _finish(cfg, model, solver, theta0, state, test_set, val_set, history,
@@ -216,10 +221,10 @@ def train(cfg: DictConfig) -> float | None:
             status = "FINISHED"
             return result
     except (Interrupted, TrainingFailed) as exc:
-        last = trainer.state if "trainer" in locals() else state
+        last = trainer.state if trainer is not None else state
         if last is not None:
             elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
-            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed)
+            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed, trainer)
             if tracker:
                 tracker.log_artifact(ckpt_path, "checkpoints")
                 tracker.set_tags({"structpred.stop_reason": str(exc)[:5000]})
@@ -259,14 +264,22 @@ def _validate_into(metrics, model, theta, val_set, solver, cfg, step):
     metrics["val_psnr"] = float(np.mean(_psnrs(ys, val_set)))
 
 
-def _save(path, optimizer, state, cfg, tracker, history, elapsed):
+def _save(path, optimizer, state, cfg, tracker, history, elapsed, trainer=None):
+    """Checkpoint ``state`` with the metadata and, given the ``trainer``, its rejection
+    memory (counts and events in the metadata; the state it goes back to, if it can)."""
+    extra = {}
+    if trainer is not None and trainer.needs_before and trainer.before is not None:
+        extra[BEFORE] = trainer.before
     if not cfg.checkpoint.save_warm:
         from dataclasses import replace
         state = replace(state, warm=(None,) * len(state.warm))
+        extra = {k: replace(v, warm=(None,) * len(v.warm)) for k, v in extra.items()}
     meta = {"run_id": tracker.run_id if tracker else None, "history": history,
             "elapsed": float(elapsed), "config": OmegaConf.to_container(cfg, resolve=True)}
+    if trainer is not None:
+        meta["trainer"] = trainer.memory()
     try:
-        save_checkpoint(path, optimizer.name, state, meta)
+        save_checkpoint(path, optimizer.name, state, meta, extra_states=extra)
     except CheckpointError as exc:  # e.g. disk full: keep training, the old file is intact
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)

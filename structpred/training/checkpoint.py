@@ -9,6 +9,12 @@ over the old one (``os.replace``), so a crash never leaves half a file under the
 the file it replaces is kept as ``prev.npz`` beside it. A file that is torn, corrupt or of
 another format version raises :class:`CheckpointError`; :func:`load_latest` then falls back to
 the previous checkpoint.
+
+Further states of the same optimiser may ride along (``extra_states``, e.g. the outer loop's
+last good state before the current one, which Adam goes back to after a rejected step):
+described under ``extra`` in ``__meta__``, their arrays under ``extra/<name>/...``, warm
+starts that are the same objects as the main state's stored once. Files without them (older
+ones) load with none; older readers ignore them.
 """
 from __future__ import annotations
 
@@ -38,12 +44,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read; the message names the file."""
 
 
-def _encode(key, value, arrays: dict):
-    """JSON-able description of ``value``; arrays go to ``arrays``."""
+def _encode(key, value, arrays: dict, seen: dict | None = None):
+    """JSON-able description of ``value``; arrays go to ``arrays``. A warm start already
+    stored (the same object, ``seen``: id -> key) is referred to, not stored again."""
+    seen = {} if seen is None else seen
     if isinstance(value, np.ndarray):
         arrays[key] = value
         return {"array": key}
     if isinstance(value, WarmStart):
+        if id(value) in seen:
+            return {"warm": seen[id(value)]}
+        seen[id(value)] = key
         arrays[key + "/y"] = value.y
         if value.u is not None:   # unrolled gradients have no adjoint to warm-start
             arrays[key + "/u"] = value.u
@@ -51,22 +62,37 @@ def _encode(key, value, arrays: dict):
     if isinstance(value, StepInfo):
         return {"info": asdict(value)}
     if isinstance(value, tuple):
-        return {"tuple": [_encode(f"{key}/{i}", v, arrays) for i, v in enumerate(value)]}
+        return {"tuple": [_encode(f"{key}/{i}", v, arrays, seen) for i, v in enumerate(value)]}
     return {"value": value}
 
 
-def _decode(spec, arrays):
+def _decode(spec, arrays, cache: dict | None = None):
+    """The value ``spec`` describes; a warm start referred to twice is one object (``cache``:
+    key -> WarmStart)."""
+    cache = {} if cache is None else cache
     if "array" in spec:
         return np.array(arrays[spec["array"]])
     if "warm" in spec:
         k = spec["warm"]
-        u = arrays.get(k + "/u")
-        return WarmStart(y=np.array(arrays[k + "/y"]), u=None if u is None else np.array(u))
+        if k not in cache:
+            u = arrays.get(k + "/u")
+            cache[k] = WarmStart(y=np.array(arrays[k + "/y"]),
+                                 u=None if u is None else np.array(u))
+        return cache[k]
     if "info" in spec:
         return StepInfo(**spec["info"])
     if "tuple" in spec:
-        return tuple(_decode(s, arrays) for s in spec["tuple"])
+        return tuple(_decode(s, arrays, cache) for s in spec["tuple"])
     return spec["value"]
+
+
+def _encode_state(prefix: str, state, arrays: dict, seen: dict) -> dict:
+    return {f.name: _encode(prefix + f.name, getattr(state, f.name), arrays, seen)
+            for f in fields(state) if f.name not in SKIP}
+
+
+def _decode_state(cls, spec: dict, arrays, cache: dict):
+    return cls(**{k: _decode(s, arrays, cache) for k, s in spec.items()})
 
 
 def _digest(arrays: dict) -> str:
@@ -125,9 +151,10 @@ def _keep_previous(path: Path) -> None:
     os.replace(tmp, prev)
 
 
-def save_checkpoint(path, optimizer_name: str, state, meta: dict | None = None) -> Path:
-    """Write ``state`` (and ``meta``) to ``path`` atomically, keeping the file it replaces as
-    ``prev.npz``; returns the path.
+def save_checkpoint(path, optimizer_name: str, state, meta: dict | None = None, *,
+                    extra_states: dict | None = None) -> Path:
+    """Write ``state`` (and ``meta``, and the named ``extra_states`` of the same optimiser)
+    to ``path`` atomically, keeping the file it replaces as ``prev.npz``; returns the path.
 
     Raises
     ------
@@ -137,10 +164,14 @@ def save_checkpoint(path, optimizer_name: str, state, meta: dict | None = None) 
     """
     path = Path(path)
     arrays: dict = {}
-    spec = {f.name: _encode(f.name, getattr(state, f.name), arrays)
-            for f in fields(state) if f.name not in SKIP}
+    seen: dict = {}
+    spec = _encode_state("", state, arrays, seen)
+    extra = {name: _encode_state(f"extra/{name}/", st, arrays, seen)
+             for name, st in (extra_states or {}).items() if st is not None}
     head = {"format": FORMAT_VERSION, "sha256": _digest(arrays), "optimizer": optimizer_name,
             "state": spec, "meta": meta or {}}
+    if extra:
+        head["extra"] = extra
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8), **arrays)
     try:
@@ -174,8 +205,9 @@ def _read_head(path: Path):
     return head, arrays
 
 
-def load_checkpoint(path):
-    """Return ``(optimizer_name, state, meta)`` from a checkpoint file.
+def load_checkpoint(path, *, with_extra: bool = False):
+    """Return ``(optimizer_name, state, meta)`` from a checkpoint file, and with
+    ``with_extra`` also the dict of its extra states (empty if it has none).
 
     Raises
     ------
@@ -189,24 +221,29 @@ def load_checkpoint(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     head, arrays = _read_head(path)
     cls = STATES[head["optimizer"]]
+    cache: dict = {}
     try:
-        state = cls(**{k: _decode(s, arrays) for k, s in head["state"].items()})
+        state = _decode_state(cls, head["state"], arrays, cache)
+        extra = {name: _decode_state(cls, spec, arrays, cache)
+                 for name, spec in head.get("extra", {}).items()}
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match this structpred's "
                               f"{head['optimizer']} state ({type(exc).__name__}: {exc})") from None
+    if with_extra:
+        return head["optimizer"], state, head["meta"], extra
     return head["optimizer"], state, head["meta"]
 
 
-def load_latest(path):
+def load_latest(path, *, with_extra: bool = False):
     """:func:`load_checkpoint` of ``path``, or of the previous checkpoint beside it if
     ``path`` is missing, torn or corrupt (with a warning). Returns
-    ``(path_used, optimizer_name, state, meta)``."""
+    ``(path_used, optimizer_name, state, meta)`` (and the extra states, ``with_extra``)."""
     path = Path(path)
     try:
-        return (path, *load_checkpoint(path))
+        return (path, *load_checkpoint(path, with_extra=with_extra))
     except (FileNotFoundError, CheckpointError) as exc:
         prev = previous_path(path)
         if prev == path or not prev.is_file():
             raise
         log.warning("%s; using the previous checkpoint %s", exc, prev)
-        return (prev, *load_checkpoint(prev))
+        return (prev, *load_checkpoint(prev, with_extra=with_extra))

@@ -179,6 +179,10 @@ class Trainer:
     ``policy`` decides which steps are rejected and when the run stops (:class:`Policy`);
     ``names`` are the training images' names (for per-image warnings) and ``count_inner``
     says whether inner convergence counts (argmin gradients).
+
+    The *rejection memory* (``rejected``, ``streak``, ``events`` and ``before``) is what a
+    checkpoint keeps besides the optimiser state (:meth:`memory`, :meth:`restore`), so that a
+    resumed run rejects, shrinks and goes back exactly as an undisturbed one would.
     """
 
     optimizer: object
@@ -191,11 +195,34 @@ class Trainer:
     count_inner: bool = True
     reason: str | None = field(default=None, init=False)
     rejected: int = field(default=0, init=False)          #: rejected steps in total
+    streak: int = field(default=0, init=False)            #: rejected steps in a row, now
     events: list = field(default_factory=list, init=False)  #: rejections and failures
+    #: the accepted state before ``state`` (where an optimiser whose loss is that of the
+    #: previous theta goes back to after a rejection); None at the start
+    before: object = field(default=None, init=False, repr=False)
+
+    def memory(self) -> dict:
+        """The JSON-able part of the rejection memory (``before`` is a state: the
+        checkpoint stores it with the optimiser state, see :attr:`needs_before`)."""
+        return {"rejected": int(self.rejected), "streak": int(self.streak),
+                "events": [dict(e) for e in self.events]}
+
+    @property
+    def needs_before(self) -> bool:
+        """Whether a rejection can go back to :attr:`before` (so a checkpoint must keep it)."""
+        return not self.optimizer.loss_at_new_theta
+
+    def restore(self, memory: dict | None = None, before=None) -> None:
+        """Continue with the rejection memory of a checkpoint (None or missing keys, as in
+        checkpoints written before it was kept: none)."""
+        memory = memory or {}
+        self.rejected = int(memory.get("rejected", 0))
+        self.streak = int(memory.get("streak", 0))
+        self.events = [dict(e) for e in memory.get("events", [])]
+        self.before = before
 
     def run(self):
         t_start = time.perf_counter() - self.elapsed0
-        before, streak = None, 0   # the accepted state before ``self.state``; rejections in a row
         while True:
             self.reason = self.optimizer.terminate(self.state)
             if self.reason is not None:
@@ -207,10 +234,10 @@ class Trainer:
                 continue  # terminate() reports it
             why = bad_step(self.state, new, self.policy.max_loss_increase)
             if why is not None:
-                streak += 1
-                self.state = self._reject(new, why, streak, before)
+                self.streak += 1
+                self.state = self._reject(new, why, self.streak, self.before)
                 continue
-            before, streak = self.state, 0
+            self.before, self.streak = self.state, 0
             now = time.perf_counter()
             self.state = new
             metrics = step_metrics(new, now - t_start, now - t0)
