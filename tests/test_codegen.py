@@ -76,7 +76,7 @@ class _Quadratic(EnergyModel):
     def hessian(self, y, x, theta, *, serial=False):
         raise NotImplementedError
 
-    def mixed_product(self, y, x, theta, u):
+    def mixed_product(self, y, x, theta, u, *, serial=False):
         raise NotImplementedError
 
 

@@ -175,7 +175,7 @@ class ImplicitGradient:
                    else model.hessian(y_star, x, theta))
             b = np.ascontiguousarray(dl_dy, dtype=np.float64)
             info = self.solve_adjoint(hvp, b, u0)
-            return -model.mixed_product(y_star, x, theta, info.u), info
+            return -model.mixed_product(y_star, x, theta, info.u, serial=serial), info
 
 
 def _minres(hvp, b, x0, rtol, maxiter):

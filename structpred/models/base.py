@@ -98,8 +98,9 @@ class EnergyModel(abc.ABC):
 
     @abc.abstractmethod
     def mixed_product(self, y: np.ndarray, x: np.ndarray, theta: np.ndarray,
-                      u: np.ndarray) -> np.ndarray:
-        """Return the flat vector ``d/dtheta <u, grad_y E(y; x, theta)>`` (= E_wy^T u)."""
+                      u: np.ndarray, *, serial: bool = False) -> np.ndarray:
+        """Return the flat vector ``d/dtheta <u, grad_y E(y; x, theta)>`` (= E_wy^T u);
+        ``serial`` as in :meth:`objective`."""
 
     def min_image_shape(self) -> tuple[int, int]:
         """The smallest image the model accepts (e.g. the filter size)."""

@@ -34,42 +34,16 @@ Options:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
 from structpred.data.tasks import make_task
-from structpred.kernels.correlation import filter_gradient, valid_shape
+from structpred.kernels.correlation import valid_shape
 from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess
 from structpred.kernels.filterbank import kernels_for
-from structpred.kernels.penalties import penalty_shape_terms, penalty_terms
 from structpred.models.base import EnergyModel
 from structpred.models.dct import dct_filters
 from structpred.models.penalties import get_penalty
 
 BASES = ("dct", "free")
-
-
-# ----------------------------------------------------------------------------- kernels
-@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _penalty_derivatives(Z, kind, c, D1, D2):
-    """Elementwise rho'(Z) and rho''(Z) (unweighted)."""
-    K, Hv, Wv = Z.shape
-    for i in prange(Hv):
-        for k in range(K):
-            for j in range(Wv):
-                _, d1, d2 = penalty_terms(kind, Z[k, i, j], c)
-                D1[k, i, j] = d1
-                D2[k, i, j] = d2
-
-
-@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _shape_derivatives(Z, kind, c, D1c):
-    """Elementwise d rho'/dc (Z) (unweighted)."""
-    K, Hv, Wv = Z.shape
-    for i in prange(Hv):
-        for k in range(K):
-            for j in range(Wv):
-                _, d = penalty_shape_terms(kind, Z[k, i, j], c)
-                D1c[k, i, j] = d
 
 
 # ------------------------------------------------------------------------------ model
@@ -291,33 +265,26 @@ class FilterMRF(EnergyModel):
             return out
         return hvp
 
-    def mixed_product(self, y, x, theta, u):
-        # g(theta) = <u, grad_y E> = lam <u, y - x> + sum_k alpha_k <F_k (*) u, rho'(F_k (*) y)>
+    def mixed_product(self, y, x, theta, u, *, serial: bool = False):
+        # g(theta) = <u, grad_y E> = lam <u, A^T (A y - x)> + sum_k alpha_k <F_k (*) u, rho'(z_k)>,
+        # z_k = F_k (*) y; its filter derivative has a term through F_k (*) u and one through z_k
         F = self.filter_bank(theta)
         alpha, lam = self.weights(theta)
-        Z, _ = self._buffers(y.shape)
-        S = np.empty_like(Z)
-        D1, D2 = np.empty_like(Z), np.empty_like(Z)
-        mod = self.kernels()
         c = self.scale(theta)
-        mod.correlate_pass(np.ascontiguousarray(y, dtype=np.float64), F, Z)
-        mod.correlate_pass(np.ascontiguousarray(u, dtype=np.float64), F, S)
-        _penalty_derivatives(Z, self.penalty.code, c, D1, D2)
-        out = {"log_alpha": alpha * np.einsum("kij,kij->k", S, D1)}
         shapes = self.param_shapes()
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        u = np.ascontiguousarray(u, dtype=np.float64)
+        dF, ga, gs = np.zeros_like(F), np.zeros(self.num_filters), np.zeros(self.num_filters)
+        mod = self.kernels()
+        (mod.mixed_serial if serial else mod.mixed_pass)(
+            y, u, F, self.penalty.code, c, "log_scale" in shapes, dF, ga, gs)
+        out = {"log_alpha": alpha * ga}
         if "filters" in shapes:
-            dF = np.empty_like(F)
-            filter_gradient(u, D1, dF)             # d/dF of <F (*) u, rho'(z)> through F (*) u
-            dF2 = np.empty_like(F)
-            filter_gradient(y, D2 * S, dF2)        # ... through z = F (*) y
-            dF = alpha[:, None, None] * (dF + dF2)
-            out["filters"] = dF.reshape(self.num_filters, -1) @ self.basis
+            out["filters"] = (alpha[:, None, None] * dF).reshape(self.num_filters, -1) @ self.basis
         _, G = self.data_gradient(y, x, lam)       # lam A^T (A y - x)
         out["log_lambda"] = np.array([float(np.vdot(u, G))])
         if "log_scale" in shapes:
-            D1c = np.empty_like(Z)
-            _shape_derivatives(Z, self.penalty.code, c, D1c)
-            out["log_scale"] = np.array([c * float(np.einsum("k,kij,kij->", alpha, S, D1c))])
+            out["log_scale"] = np.array([c * float(np.dot(alpha, gs))])
         return self.pack(out)
 
 
