@@ -57,6 +57,7 @@ def evaluate(cfg: DictConfig) -> float:
         raise C.ConfigError("model_ref", str(exc)) from None
     task = _task(cfg, trained)
     log.info("task: %s (from the model file)", task.describe())
+    _check_sigma(cfg, trained)
     data = load_splits(cfg.data, min_shape=trained.model.min_image_shape(),
                        splits=(cfg.split,))[cfg.split]
     out = Path(cfg.paths.output_dir)
@@ -102,6 +103,16 @@ def evaluate(cfg: DictConfig) -> float:
             raise
         tracker.end("FINISHED")
     return mean
+
+
+def _check_sigma(cfg, trained):
+    """Warn when the test noise differs from the training noise: legitimate (a robustness
+    study), but a model restores best the noise it was trained for, so say it."""
+    trained_sigma = trained.meta.get("sigma")
+    if trained_sigma is not None and float(trained_sigma) != float(cfg.data.sigma):
+        log.warning("the model was trained at sigma %g but is evaluated at data.sigma=%g; "
+                    "set data.sigma=%g to evaluate it on the noise it was trained for",
+                    float(trained_sigma), float(cfg.data.sigma), float(trained_sigma))
 
 
 def _task(cfg, trained):

@@ -142,3 +142,16 @@ def test_denoise_cli_degrades_with_the_model_task(inpaint_model, tmp_path, capsy
     assert np.mean(noisy[mask == 1] > 0) > 0.9
     restored = iio.imread(tmp_path / "den" / "mine_denoised.png").astype(float)
     assert psnr(restored, clean.astype(float)) > psnr(noisy.astype(float), clean.astype(float)) + 10
+
+
+def test_evaluate_warns_when_the_noise_differs_from_training(inpaint_model, tmp_path, caplog):
+    from structpred.evaluate import evaluate
+    sigma5 = [a for a in TEST if not a.startswith("data.sigma")]
+    with caplog.at_level("WARNING", logger="structpred.evaluate"):
+        evaluate(compose_eval([f"model_ref={inpaint_model}", *sigma5, "data.sigma=25"],
+                              tmp_path / "a"))
+    assert "trained at sigma 5 but is evaluated at data.sigma=25" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="structpred.evaluate"):
+        evaluate(compose_eval([f"model_ref={inpaint_model}", *TEST], tmp_path / "b"))
+    assert "trained at sigma" not in caplog.text
