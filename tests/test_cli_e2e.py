@@ -54,6 +54,9 @@ def test_logged_model_loads_and_denoises(trained):
     assert y.shape == noisy.shape and np.mean((y - clean) ** 2) < np.mean((noisy - clean) ** 2)
     direct = load_model(run.info.run_id).denoise(noisy)
     np.testing.assert_allclose(direct, y)
+    pair = pyfunc.predict([noisy, noisy[:16, :18]])      # a list of images of different shapes
+    assert [p.shape for p in pair] == [(20, 20), (16, 18)]
+    np.testing.assert_allclose(pair[0], y)
 
 
 def test_evaluate_and_denoise_cli(trained):

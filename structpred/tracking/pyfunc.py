@@ -5,16 +5,10 @@ image(s). The model file travels as the pyfunc's artifact ``model_file``.
 """
 from __future__ import annotations
 
-import warnings
-
 import mlflow.pyfunc
+import numpy as np
 
 from structpred.tracking.model_io import MODEL_FILE
-
-# MLflow asks for type hints on predict (to validate inputs); ours takes arrays or lists of
-# arrays, which its hint-based validation does not describe, so its notice is silenced.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method",
-                        category=UserWarning)
 
 
 class StructpredPyfunc(mlflow.pyfunc.PythonModel):
@@ -24,28 +18,28 @@ class StructpredPyfunc(mlflow.pyfunc.PythonModel):
         from structpred.tracking.model_io import read_model_file
         self.trained = read_model_file(context.artifacts["model_file"])
 
-    def predict(self, context, model_input, params=None):
+    # The hint np.ndarray is one MLflow accepts without inferring a schema, so it validates
+    # nothing and passes lists of images through too; without a hint MLflow warns at class
+    # definition, under a warning filter of its own that ours cannot override.
+    def predict(self, context, model_input: np.ndarray, params=None):
+        """Denoise one (H, W) image in 0..255 or a list of them."""
         return self.trained.predict(model_input)
 
 
 def log_pyfunc(model_file, name: str = "model"):
     """Log ``model_file`` as a pyfunc model of the active run; returns the ModelInfo."""
-    import numpy as np
     import scipy
     import numba
     reqs = [f"numpy=={np.__version__}", f"scipy=={scipy.__version__}",
             f"numba=={numba.__version__}", "structpred"]
     import logging
-    import warnings
     quiet = logging.getLogger("mlflow.pyfunc")
     level = quiet.level
     quiet.setLevel(logging.ERROR)   # the cloudpickle notice is expected: our class is importable
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # no type hints: inputs are arrays
-            return mlflow.pyfunc.log_model(name=name, python_model=StructpredPyfunc(),
-                                           artifacts={"model_file": str(model_file)},
-                                           pip_requirements=reqs)
+        return mlflow.pyfunc.log_model(name=name, python_model=StructpredPyfunc(),
+                                       artifacts={"model_file": str(model_file)},
+                                       pip_requirements=reqs)
     finally:
         quiet.setLevel(level)
 
