@@ -77,12 +77,12 @@ def load(stem: str, source: str, depends_on: Iterable[str] = ()) -> types.Module
         path = _write(name, source)
         if path is None:
             mod = in_memory(name, source)
+            sys.modules[name] = mod
         else:
             spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
-            sys.modules[name] = mod
+            sys.modules[name] = mod          # before running it, as an import would
             spec.loader.exec_module(mod)
-        sys.modules[name] = mod
         setattr(mod, MARKER, True)
         _MODULES[name] = mod
         return mod
