@@ -7,7 +7,7 @@ import structpred as sp
 MODELS = [
     ("foe", dict(num_filters=3, filter_size=3, basis="dct")),
     ("foe", dict(num_filters=5, filter_size=5, basis="free")),
-    ("foe", dict(num_filters=2, filter_size=7, basis="dct", penalty_scale=1.0)),
+    ("foe", dict(num_filters=3, filter_size=7, basis="dct", penalty_scale=1.0)),  # tile + rest
     ("foe", dict(num_filters=10, filter_size=3, basis="dct")),  # K > m*m - 1: random extras
     ("gmrf", dict(num_filters=3, filter_size=3, basis="dct")),
     ("gmrf", dict(num_filters=2, filter_size=5, basis="free")),
