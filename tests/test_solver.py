@@ -96,3 +96,12 @@ def test_nonfinite_energy_is_reported(case):
 def test_bad_solver_settings_raise(bad):
     with pytest.raises(ValueError):
         sp.LBFGS(**bad)
+
+
+def test_first_line_search_extrapolates_by_the_secant(case):
+    # the first trial step (unit length along -g) is far too short on an image; growing it
+    # x4 per evaluation spent 6 evaluations on the first iteration, the secant of phi' 2-3
+    model = sp.make_model("gmrf", num_filters=3, filter_size=3)
+    x, _ = case((40, 40))
+    res = sp.LBFGS(gtol=1e-6, maxiter=1).minimize(model, x, model.init_params())
+    assert res.iterations == 1 and res.n_evals <= 3      # the initial evaluation + 2

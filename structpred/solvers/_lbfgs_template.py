@@ -45,6 +45,20 @@ def _cubic_min(a, fa, da, b, fb, db):
 
 
 @njit(nogil=True, cache=True)
+def _extrapolate(a0, d0, a1, d1):
+    """Next trial step while still descending (d0, d1 < 0 at steps a0 < a1): where the
+    secant of phi' through both points vanishes (the minimiser if phi is quadratic along
+    the direction), kept within [2 a1, 64 a1]; 4 a1 if phi' is not increasing. The first
+    iteration's unit-length trial step is far too short on images: plain x4 growth spent
+    6 evaluations there, the secant 2-3."""
+    if d1 > d0:
+        a = a1 - d1 * (a1 - a0) / (d1 - d0)
+        if math.isfinite(a):
+            return min(max(a, 2.0 * a1), 64.0 * a1)
+    return 4.0 * a1
+
+
+@njit(nogil=True, cache=True)
 def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     """Strong-Wolfe line search along ``d`` from ``y``.
 
@@ -83,8 +97,9 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
             a_hi, f_hi, d_hi = a_prev, f_prev, dphi_prev
             bracketed = True
             break
+        a_next = _extrapolate(a_prev, dphi_prev, a, dphi)
         a_prev, f_prev, dphi_prev = a, f, dphi
-        a = 4.0 * a
+        a = a_next
     if not bracketed:             # still descending after max_evals extrapolations: take the last
         if a_prev > 0.0:
             _step_to(y, d, a_prev, y_t)

@@ -6,7 +6,10 @@ Convergence test (documented, checked before every iteration)::
 
 Line search: Nocedal & Wright, Algorithms 3.5/3.6 (bracketing, then zoom by safeguarded
 cubic interpolation), first trial step 1 (the quasi-Newton step, accepted at once on most
-iterations, so close to one energy evaluation per iteration). Near a minimum the Armijo
+iterations, so close to one energy evaluation per iteration). While the energy still
+descends, the next trial is where the secant of phi' vanishes (within 2x-64x the step), not
+a fixed x4: on the first iteration, whose unit-length trial is far too short, that takes
+2-3 evaluations instead of 6. Near a minimum the Armijo
 test compares energies that agree to the last bits; there the approximate Wolfe test of
 Hager & Zhang (2005) is used instead, which relies on the directional derivative:
 ``phi(a) <= phi(0) + eps_f`` and ``(2 c1 - 1) phi'(0) >= phi'(a)``, with
