@@ -86,21 +86,24 @@ IMPLICIT = [
     # both the blur and the prior, an ill-conditioned argmin that finite differences cannot
     # resolve; 8 filters 3x3 see every frequency
     ("foe", dict(num_filters=8, filter_size=3, task={"name": "deblur", "blur_size": 5})),
-    ("pairwise", dict(task="inpaint", penalty="charbonnier", diagonals=True)),
+    # inpainting with a Charbonnier penalty: the masked pixels are held only by the prior's
+    # small curvature, so the argmin's error at gtol 1e-10 divided by eps 1e-4 showed as a
+    # 1.4e-4 error (1e-6 at eps 1e-3, 3e-3 at eps 1e-5: noise of the solve, not of the gradient)
+    ("pairwise", dict(task="inpaint", penalty="charbonnier", diagonals=True), 1e-3),
     ("pairwise", dict(task="deblur", diagonals=True, penalty="charbonnier")),
     ("gmrf", dict(num_filters=8, filter_size=3, task="deblur")),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs", IMPLICIT)
-def test_implicit_gradient_matches_finite_differences(name, kwargs, perturb):
+@pytest.mark.parametrize("name,kwargs,eps", [c if len(c) == 3 else c + (1e-4,) for c in IMPLICIT])
+def test_implicit_gradient_matches_finite_differences(name, kwargs, eps, perturb):
     model = sp.make_model(name, **kwargs)
     clean = skimage_photo("camera")[200:214, 240:253]
     task = model.task
     noisy = task.degrade(clean, 10.0, np.random.default_rng(0))
     theta = perturb(model, seed=5, scale=0.2)
     check = sp.check_loss_gradient(model, theta, noisy, clean, solver=sp.LBFGS(gtol=1e-10),
-                                   gradient=sp.ImplicitGradient(rtol=1e-12), eps=1e-4)
+                                   gradient=sp.ImplicitGradient(rtol=1e-12), eps=eps)
     assert set(check.errors) == set(model.param_shapes())
     assert check.max_error < 1e-4, str(check)
 
