@@ -40,8 +40,9 @@ def adjoint_tile(m: int) -> int:
     """Filters per register tile of the adjoint correlation: as many as keep the tile's
     ``tile * m`` coefficients within 16 vector registers. Each output of the adjoint loads
     ``tile * m`` distinct inputs, so a larger tile saves only the output's load/store and
-    spills coefficients: on 180x180 (2 cores of an AMD Zen 4), tile 4 -> 2 made the 48x7x7 energy-gradient
-    and E_yy v 1.4x faster (7.2 -> 5.1 ms) and 24x5x5 tile 4 -> 3 1.15x; 8x3x3 was flat."""
+    spills coefficients: on 180x180 (2 cores of an AMD Zen 4), tile 4 -> 2 made the 48x7x7
+    energy-gradient and E_yy v 1.4x faster (7.2 -> 5.1 ms) and 24x5x5 tile 4 -> 3 1.15x;
+    8x3x3 was flat."""
     return max(1, min(4, 16 // m))
 
 _TEMPLATE = '''\

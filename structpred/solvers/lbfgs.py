@@ -9,12 +9,12 @@ cubic interpolation), first trial step 1 (the quasi-Newton step, accepted at onc
 iterations, so close to one energy evaluation per iteration). While the energy still
 descends, the next trial is where the secant of phi' vanishes (within 2x-64x the step), not
 a fixed x4: on the first iteration, whose unit-length trial is far too short, that takes
-2-3 evaluations instead of 6. Near a minimum the Armijo
-test compares energies that agree to the last bits; there the approximate Wolfe test of
-Hager & Zhang (2005) is used instead, which relies on the directional derivative:
-``phi(a) <= phi(0) + eps_f`` and ``(2 c1 - 1) phi'(0) >= phi'(a)``, with
-``eps_f = 1e3 * machine eps * |phi(0)|``. This is what lets the solver reach gradient norms
-around 1e-6 on ill-conditioned models where SciPy's L-BFGS-B stalls.
+2-3 evaluations instead of 6. Near a minimum the Armijo test compares energies that agree
+to the last bits; there the approximate Wolfe test of Hager & Zhang (2005) is used
+instead, which relies on the directional derivative: ``phi(a) <= phi(0) + eps_f`` and
+``(2 c1 - 1) phi'(0) >= phi'(a)``, with ``eps_f = 1e3 * machine eps * |phi(0)|``. This is
+what lets the solver reach gradient norms around 1e-6 on ill-conditioned models where
+SciPy's L-BFGS-B stalls.
 """
 from __future__ import annotations
 
