@@ -95,7 +95,11 @@ IMPLICIT = [
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,eps", [c if len(c) == 3 else c + (1e-4,) for c in IMPLICIT])
+#: (name, kwargs, eps): finite-difference step 1e-4 unless the case says otherwise
+IMPLICIT_CASES = [c if len(c) == 3 else c + (1e-4,) for c in IMPLICIT]
+
+
+@pytest.mark.parametrize("name,kwargs,eps", IMPLICIT_CASES)
 def test_implicit_gradient_matches_finite_differences(name, kwargs, eps, perturb):
     model = sp.make_model(name, **kwargs)
     clean = skimage_photo("camera")[200:214, 240:253]
