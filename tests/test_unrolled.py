@@ -36,6 +36,23 @@ def test_unrolled_gradient_matches_finite_differences(case, perturb, momentum):
     assert pair.solve.iterations == 15 and pair.adjoint.backprop_steps == 15
 
 
+@pytest.mark.parametrize("cls", [sp.UnrolledGradient, sp.TruncatedGradient])
+def test_unrolled_gradient_with_a_padding_model(case, perturb, cls):
+    """Pad, unroll on the extended image, crop: exact for the cropped unrolled loss."""
+    model = sp.make_model("foe", num_filters=3, filter_size=3, boundary="symmetric")
+    x, t = case((11, 12), seed=1)
+    theta = perturb(model, seed=1)
+    kw = dict(steps=12, truncate=5) if cls is sp.TruncatedGradient else dict(steps=12)
+    strategy = cls(**kw).resolve(model, x, theta)
+    pair = sp.loss_and_grad(model, theta, x, t, gradient=strategy)
+    assert pair.y.shape == x.shape and pair.solve.y_ext.shape == (19, 20)
+    np.testing.assert_allclose(pair.y, strategy.unroll(model, x, theta), rtol=0, atol=1e-12)
+    if cls is sp.UnrolledGradient:
+        check = sp.check_grad(unrolled_loss(strategy, model, x, t), pair.grad, theta,
+                              eps=1e-4, groups=model.param_slices())
+        assert check.max_error < 1e-6, str(check)
+
+
 def test_checkpointing_changes_memory_not_the_gradient(case, perturb):
     model, theta, x, t = foe_case(case, perturb)
     base = sp.UnrolledGradient(steps=40).resolve(model, x, theta)

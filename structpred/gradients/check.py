@@ -131,9 +131,39 @@ def check_loss_gradient(model, theta, noisy, clean, *, solver=None, gradient=Non
     solver = LBFGS(gtol=1e-10) if solver is None else solver
     loss = MSELoss() if loss is None else loss
     base = loss_and_grad(model, theta, noisy, clean, solver=solver, gradient=gradient, loss=loss)
+    argmin = gradient is None or getattr(gradient, "uses_argmin", True)
 
     def f(th):
-        return loss.value(solver.minimize(model, noisy, th, y0=base.y).y, clean)
+        res = solver.minimize(model, noisy, th, y0=base.solve.y_domain)
+        return loss.value(newton_polish(model, noisy, th, res) if argmin else res.y, clean)
 
     return check_grad(f, base.grad, theta, eps=eps, groups=model.param_slices(),
                       directions=directions, seed=seed)
+
+
+def newton_polish(model, x, theta, res, *, steps: int = 3) -> np.ndarray:
+    """The argmin of ``res`` refined by up to ``steps`` Newton steps (CG on E_yy to a
+    relative residual of 1e-14), cropped to ``x``'s shape.
+
+    Finite differences of the loss are only as accurate as the perturbed argmins: L-BFGS's
+    line search runs out of float64 resolution in the energy near ||grad E|| ~ 1e-8 on
+    ill-conditioned cases (a padded FoE inpainting case stopped at 9.3e-9 and its check
+    showed 5e-4 errors at eps 1e-4; after polishing 1e-6), where Newton's steps, which use
+    only gradients, still converge quadratically. A step that meets negative curvature or
+    does not reduce ||grad E|| is not taken."""
+    from structpred.gradients.implicit import conjugate_gradient
+    xe = model.extend(np.ascontiguousarray(x, dtype=np.float64))
+    y = np.array(res.y_domain, dtype=np.float64)
+    gnorm = np.linalg.norm(model.grad(y, xe, theta))
+    for _ in range(steps):
+        g = model.grad(y, xe, theta)
+        d, info, _, _ = conjugate_gradient(model.hessian(y, xe, theta), g, rtol=1e-14,
+                                           maxiter=10 * y.size)
+        if info == 2:
+            break
+        trial = y - d
+        tnorm = np.linalg.norm(model.grad(trial, xe, theta))
+        if not tnorm < gnorm:
+            break
+        y, gnorm = trial, tnorm
+    return model.crop(y)

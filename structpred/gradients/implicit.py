@@ -164,12 +164,17 @@ class ImplicitGradient:
         Returns ``(SolveResult, dl/dtheta, AdjointInfo)``; ``dl_dy`` is a callable y -> dl/dy.
         """
         res = solver.minimize(model, x, theta, y0=y0, serial=serial)
-        g, info = self(model, x, theta, res.y, dl_dy(res.y), u0=u0, serial=serial)
+        # a padding model: the adjoint lives on the extended domain, the loss sees the crop
+        xe = model.extend(np.ascontiguousarray(x, dtype=np.float64))
+        b = model.extend_adjoint(dl_dy(res.y))
+        g, info = self(model, xe, theta, res.y_domain, b, u0=u0, serial=serial)
         return res, g, info
 
     def __call__(self, model, x, theta, y_star, dl_dy, u0=None, *, serial=False):
         """Return ``(dl/dtheta, AdjointInfo)`` at the minimiser ``y_star``; ``serial=True``
-        applies E_yy on the calling thread only (threads over images)."""
+        applies E_yy on the calling thread only (threads over images). All arrays are on the
+        model's computational domain (for a padding model: the extended ``x``, the full
+        ``SolveResult.y_domain`` and ``extend_adjoint(dl/dy)``)."""
         with single_threaded_blas():     # the kernels' Numba threads own the cores
             hvp = (model.hessian(y_star, x, theta, serial=True) if serial
                    else model.hessian(y_star, x, theta))

@@ -188,7 +188,8 @@ class UnrolledGradient:
         The unrolled map is then a fixed function of theta, which is what finite
         differences of the unrolled loss must perturb.
         """
-        return self._resolved_at(model, x, theta, self.start(x, y0))
+        xe, ye = model.extend_problem(x, y0 if (self.warm_start and y0 is not None) else None)
+        return self._resolved_at(model, xe, theta, ye)
 
     def _resolved_at(self, model, x, theta, y):
         if self.step_size is not None:
@@ -207,12 +208,12 @@ class UnrolledGradient:
         defaults to x and ``y_prev`` to ``y0`` (no initial velocity); unlike in
         :meth:`predict_and_grad`, a given ``y0`` is always used.
         """
-        y0 = x if y0 is None else y0
+        x, y0 = model.extend_problem(x, y0)     # a padding model: on the extended image
         y0, x, theta = model.check_inputs(y0, x, theta)
-        y_prev = y0 if y_prev is None else model.check_inputs(y_prev, x, theta)[0]
+        y_prev = y0 if y_prev is None else model.extend_problem(model.crop(x), y_prev)[1]
         fixed = self._resolved_at(model, x, theta, y0)
         fg, args = model.objective(x, theta)
-        return fixed._advance(fg, args, y0, y_prev, 0, self.steps)[0]
+        return model.crop(fixed._advance(fg, args, y0, y_prev, 0, self.steps)[0])
 
     def _advance(self, fg, args, y, y_prev, t0, t1, keep=None):
         """Heavy-ball steps t0 .. t1-1 from state (y_t0, y_t0-1); returns (y_t1, y_t1-1, n).
@@ -287,7 +288,13 @@ class UnrolledGradient:
         grad : ndarray, dl(y_T)/dtheta
         info : UnrolledInfo
         """
-        y_start, x, theta = model.check_inputs(self.start(x, y0), x, theta)
+        # a padding model runs the iteration on the extended image; the loss sees the crop
+        x, y_start = model.extend_problem(x, y0 if (self.warm_start and y0 is not None)
+                                          else None)
+        y_start, x, theta = model.check_inputs(np.array(y_start), x, theta)
+        loss_grad = dl_dy
+        dl_dy = (lambda ye: model.extend_adjoint(loss_grad(model.crop(ye)))) if model.pad \
+            else loss_grad
         fixed = self._resolved_at(model, x, theta, y_start)
         fg, args = model.objective(x, theta)
         T, K, c = fixed.steps, fixed.backprop_steps, fixed.segment
@@ -302,8 +309,9 @@ class UnrolledGradient:
         a_T = np.ascontiguousarray(dl_dy(y_T), dtype=np.float64)
         grad, recomputed, hvps, peak = fixed._backward(model, x, theta, fg, args,
                                                        checkpoints, a_T)
-        solve = SolveResult(y=y_T, energy=float(energy), grad_norm=float(np.linalg.norm(g_T)),
-                            iterations=T, n_evals=T + 1, status=Status.MAXITER)
+        solve = SolveResult(y=model.crop(y_T), energy=float(energy),
+                            grad_norm=float(np.linalg.norm(g_T)), iterations=T, n_evals=T + 1,
+                            status=Status.MAXITER, y_ext=y_T if model.pad else None)
         info = UnrolledInfo(steps=T, backprop_steps=K, step_size=float(fixed.step_size),
                             momentum=float(fixed.momentum), checkpoint_every=c,
                             grad_evals=T + 1 + recomputed, hvps=hvps, stored_images=peak,

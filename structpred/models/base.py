@@ -14,6 +14,17 @@ vector ``theta``. A concrete model writes, in one place:
 
 Everything else (validation, packing, the solvers, the implicit gradient, training) is
 generic and works for any model that provides these pieces.
+
+Boundaries. A model may solve on an *extended* domain: ``boundary="symmetric"`` (or
+``"reflect"``) mirrors the input ``pad`` pixels beyond each edge, the energy is minimised
+over the extended image and the prediction is its central crop (pad, solve, crop). Border
+pixels then see filter responses on both sides, as in the interior; under ``"valid"`` (no
+padding) they are under-regularised, which costs about 0.4 dB on BSD68 for a trained 48x7x7
+FoE (issue 12: 28.06 dB 'valid' vs 28.47 dB padded on 10 images at sigma 25). The solvers
+and gradient methods apply :meth:`EnergyModel.extend_problem` and :meth:`EnergyModel.crop`;
+the kernels only ever see the extended arrays, so the derivatives are those of the same
+energy on a larger image, and the loss's gradient enters the adjoint through the crop's
+adjoint (:meth:`EnergyModel.extend_adjoint`, zero padding).
 """
 from __future__ import annotations
 
@@ -25,12 +36,18 @@ import numpy as np
 from structpred.kernels.threads import single_threaded_blas
 from structpred.validation import as_image, as_vector, same_shape
 
+#: boundary handling of the filter models (``np.pad`` modes; "valid" is no padding)
+BOUNDARIES = ("valid", "symmetric", "reflect")
+
 
 class EnergyModel(abc.ABC):
     """Base class of all energy models ``E(y; x, theta)`` over (H, W) images."""
 
     #: registry name (``make_model(name, ...)``)
     name: str = ""
+    #: boundary handling (see the module docstring); a model that pads sets both
+    boundary: str = "valid"
+    pad: int = 0
 
     # ------------------------------------------------------------------ layout
     @abc.abstractmethod
@@ -105,6 +122,46 @@ class EnergyModel(abc.ABC):
     def min_image_shape(self) -> tuple[int, int]:
         """The smallest image the model accepts (e.g. the filter size)."""
         return (1, 1)
+
+    # ------------------------------------------------------------- boundaries
+    def extend(self, img: np.ndarray) -> np.ndarray:
+        """``img`` (H, W) on the model's computational domain (H + 2 pad, W + 2 pad),
+        mirrored by ``np.pad(mode=boundary)``; ``img`` itself under 'valid'."""
+        if not self.pad:
+            return img
+        return np.ascontiguousarray(np.pad(img, self.pad, mode=self.boundary))
+
+    def crop(self, img: np.ndarray) -> np.ndarray:
+        """The (H, W) centre of an extended image (the inverse of :meth:`extend`)."""
+        if not self.pad:
+            return img
+        p = self.pad
+        return np.ascontiguousarray(img[p:-p, p:-p])
+
+    def extend_adjoint(self, g: np.ndarray) -> np.ndarray:
+        """The adjoint of :meth:`crop`: ``g`` (H, W) zero-padded to the extended domain
+        (how a loss on the cropped prediction enters the adjoint system)."""
+        if not self.pad:
+            return g
+        return np.pad(np.asarray(g, dtype=np.float64), self.pad)
+
+    def extend_problem(self, x, y0=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(x_ext, y0_ext)``: the input and the starting point on the computational domain.
+
+        ``x`` is an (H, W) image; ``y0`` (default: ``x``) may be given on the image's shape
+        (it is extended like ``x``) or on the extended shape (a warm start kept from an
+        earlier solve, used as it is). Raises ValueError naming the argument otherwise."""
+        x = as_image("x", x, min_shape=self.min_image_shape())
+        xe = self.extend(x)
+        if y0 is None:
+            return xe, xe
+        y0 = as_image("y0", y0)
+        if y0.shape == x.shape:
+            return xe, self.extend(y0)
+        if y0.shape != xe.shape:
+            raise ValueError(f"y0 has shape {y0.shape} but x has shape {x.shape}; a warm start "
+                             f"must have x's shape or the extended shape {xe.shape}")
+        return xe, y0
 
     # -------------------------------------------------------- checked public API
     def check_params(self, theta) -> np.ndarray:

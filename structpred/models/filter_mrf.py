@@ -5,8 +5,8 @@ Energy (denoising)::
     E(y; x, theta) = lam/2 ||y - x||^2 + sum_k alpha_k sum_p rho(z_kp),   z_k = F_k (*) y
 
 with ``(*)`` the 'valid' correlation of :mod:`structpred.kernels.correlation`: a filter
-response exists only where the whole m x m filter lies inside the image, in training and
-in testing alike (no padding, so no boundary model to learn).
+response exists only where the whole m x m filter lies inside the (possibly extended, see
+``boundary``) image, in training and in testing alike.
 
 Parameters (the flat vector ``theta`` in this order):
 
@@ -26,6 +26,11 @@ Options:
 
 * ``learn_scale=True`` adds the group ``log_scale`` (1,): c = exp(log_scale) is learned
   (not for the quadratic penalty, where c only rescales alpha).
+* ``boundary``, ``pad``: "valid" (default: responses only where the filter lies inside the
+  image), or "symmetric" / "reflect": the input is mirrored ``pad`` pixels beyond each edge
+  (default ``filter_size + 1``), the energy minimised on the extended image and the
+  prediction cropped (see :mod:`structpred.models.base`). A task's mask is extended the
+  same way; a blur acts on the extended image.
 * ``task``: the observation model (:mod:`structpred.data.tasks`); the data term becomes
   ``lam/2 ||A y - x||^2`` with A the identity (denoise, the fused fast path), an inpainting
   mask or a known blur (zero-padded 'same' correlation). Gradient lam A^T (A y - x),
@@ -39,7 +44,7 @@ from structpred.data.tasks import make_task
 from structpred.kernels.correlation import valid_shape
 from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess
 from structpred.kernels.filterbank import kernels_for
-from structpred.models.base import EnergyModel
+from structpred.models.base import BOUNDARIES, EnergyModel
 from structpred.models.dct import dct_filters
 from structpred.models.penalties import get_penalty
 
@@ -66,13 +71,19 @@ class FilterMRF(EnergyModel):
         Learn the penalty shape c as the parameter group ``log_scale`` (1,).
     task : None, str or mapping
         The observation model (see :mod:`structpred.data.tasks`); None: denoising.
+    boundary : {"valid", "symmetric", "reflect"}
+        Boundary handling (module docstring); "valid" pads nothing.
+    pad : int, optional
+        Pixels of mirrored extension per edge (default ``filter_size + 1`` when
+        ``boundary`` pads; must be None or 0 for "valid").
     """
 
     name = "filter_mrf"
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *, penalty: str = "student_t",
                  penalty_scale: float | None = None, basis: str = "dct",
-                 learn_scale: bool = False, task=None):
+                 learn_scale: bool = False, task=None, boundary: str = "valid",
+                 pad: int | None = None):
         if not isinstance(num_filters, (int, np.integer)) or num_filters < 1:
             raise ValueError(f"num_filters must be a positive integer, got {num_filters!r}")
         if (not isinstance(filter_size, (int, np.integer)) or filter_size < 3
@@ -87,16 +98,28 @@ class FilterMRF(EnergyModel):
         self.num_filters = int(num_filters)
         self.filter_size = int(filter_size)
         self.penalty_scale = scale
-        self._init_options(learn_scale, task)
+        self._init_options(learn_scale, task, boundary, pad)
         self.basis_name = basis
         m = self.filter_size
         # (m*m, nb): filter_k (flattened) = basis @ coefficients_k
         self.basis = dct_filters(m).reshape(-1, m * m).T.copy() if basis == "dct" else np.eye(m * m)
 
-    def _init_options(self, learn_scale, task):
+    def _init_options(self, learn_scale, task, boundary="valid", pad=None):
         if learn_scale and not self.penalty.learnable_shape:
             raise ValueError(f"learn_scale: the {self.penalty.name} penalty has no shape "
                              "parameter to learn")
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if boundary == "valid":
+            if pad not in (None, 0):
+                raise ValueError(f"pad={pad!r} needs a padding boundary ('symmetric' or "
+                                 "'reflect'); 'valid' pads nothing")
+            pad = 0
+        elif pad is None:
+            pad = self.filter_size + 1     # border responses see a full filter of mirror
+        elif not (isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 1):
+            raise ValueError(f"pad must be a positive integer, got {pad!r}")
+        self.boundary, self.pad = boundary, int(pad)
         self.learn_scale = bool(learn_scale)
         self.task = make_task(task)
         self._ops: dict = {}
@@ -110,10 +133,14 @@ class FilterMRF(EnergyModel):
         return out
 
     def _options_config(self, cfg):
+        # options at their defaults are left out: old model files and checkpoints describe
+        # the same models as before these options existed
         if self.learn_scale:
             cfg["learn_scale"] = True
         if not self.task.identity:
             cfg["task"] = self.task.as_dict()
+        if self.boundary != "valid":
+            cfg["boundary"], cfg["pad"] = self.boundary, self.pad
         return cfg
 
     def config(self):
@@ -176,7 +203,11 @@ class FilterMRF(EnergyModel):
         if op is None:
             empty = np.zeros((1, 1))
             if self.task.name == "inpaint":
-                op = (OP_MASK, self.task.mask(shape), empty, empty)
+                # a padding model sees only extended images: its mask is the image's mask
+                # extended the same way as the observation (seeded by the image's shape)
+                p = self.pad
+                mask = self.task.mask((shape[0] - 2 * p, shape[1] - 2 * p))
+                op = (OP_MASK, self.extend(mask), empty, empty)
             elif self.task.name == "deblur":
                 k = self.task.blur_kernel()
                 op = (OP_BLUR, empty, k, np.ascontiguousarray(k[::-1, ::-1]))
@@ -295,10 +326,11 @@ class FieldsOfExperts(FilterMRF):
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
                  penalty_scale: float | None = None, basis: str = "dct",
-                 learn_scale: bool = False, task=None):
+                 learn_scale: bool = False, task=None, boundary: str = "valid",
+                 pad: int | None = None):
         super().__init__(num_filters, filter_size, penalty="student_t",
                          penalty_scale=penalty_scale, basis=basis, learn_scale=learn_scale,
-                         task=task)
+                         task=task, boundary=boundary, pad=pad)
 
     def config(self):
         cfg = super().config()
@@ -313,9 +345,11 @@ class GaussianMRF(FilterMRF):
     name = "gmrf"
 
     def __init__(self, num_filters: int = 8, filter_size: int = 3, *,
-                 penalty_scale: float | None = None, basis: str = "dct", task=None):
+                 penalty_scale: float | None = None, basis: str = "dct", task=None,
+                 boundary: str = "valid", pad: int | None = None):
         super().__init__(num_filters, filter_size, penalty="quadratic",
-                         penalty_scale=penalty_scale, basis=basis, task=task)
+                         penalty_scale=penalty_scale, basis=basis, task=task,
+                         boundary=boundary, pad=pad)
 
     def config(self):
         cfg = super().config()

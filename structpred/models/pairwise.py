@@ -41,8 +41,8 @@ class PairwiseMRF(FilterMRF):
     ----------
     diagonals : bool
         Also the two diagonal neighbours (4 directions instead of 2).
-    penalty, penalty_scale, learn_scale, task
-        As for :class:`FilterMRF`.
+    penalty, penalty_scale, learn_scale, task, boundary, pad
+        As for :class:`FilterMRF` (default pad 3 for the 2x2 differences).
     diff_scale : float
         s: the differences are divided by s.
     """
@@ -51,7 +51,8 @@ class PairwiseMRF(FilterMRF):
 
     def __init__(self, *, diagonals: bool = False, penalty: str = "student_t",
                  penalty_scale: float | None = None, learn_scale: bool = False,
-                 diff_scale: float = 25.0, task=None):
+                 diff_scale: float = 25.0, task=None, boundary: str = "valid",
+                 pad: int | None = None):
         self.penalty = get_penalty(penalty)
         scale = self.penalty.default_scale if penalty_scale is None else float(penalty_scale)
         if not np.isfinite(scale) or scale <= 0:
@@ -67,7 +68,7 @@ class PairwiseMRF(FilterMRF):
         self.basis_name = "fixed"
         self._F = np.ascontiguousarray(
             np.array([_DIRECTIONS[d] for d in self.directions]) / self.diff_scale)
-        self._init_options(learn_scale, task)
+        self._init_options(learn_scale, task, boundary, pad)
         if self.task.name == "inpaint" and not self.diagonals:
             # the bottom-right pixel is in no horizontal/vertical difference of the 'valid'
             # 2x2 grid: if it were missing, the energy would not depend on it (singular E_yy)

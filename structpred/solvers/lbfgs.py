@@ -113,15 +113,21 @@ class LBFGS:
     def minimize(self, model, x, theta, y0=None, *, serial: bool = False) -> SolveResult:
         """Minimise ``model``'s energy over y for input ``x`` from ``y0`` (default: ``x``).
 
-        ``serial=True`` runs the model's kernels on the calling thread only (used when
-        several images are solved at once on threads)."""
-        y0 = x if y0 is None else y0
-        y0, x, theta = model.check_inputs(y0, x, theta)
-        fg, args = model.objective(x, theta, serial=True) if serial else model.objective(x, theta)
+        A model that pads (``boundary`` other than 'valid') is solved on the extended image
+        and ``SolveResult.y`` is the crop to ``x``'s shape (``y_ext`` the full solution);
+        ``y0`` may have ``x``'s shape or the extended one. ``serial=True`` runs the model's
+        kernels on the calling thread only (used when several images are solved at once on
+        threads)."""
+        xe, y0e = model.extend_problem(x, y0)
+        y0e, xe, theta = model.check_inputs(y0e, xe, theta)
+        fg, args = (model.objective(xe, theta, serial=True) if serial
+                    else model.objective(xe, theta))
         with single_threaded_blas():     # the kernels' Numba threads own the cores
             y, f, gnorm, it, nev, status = loop_for(fg)(
-                args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
+                args, np.ascontiguousarray(y0e).ravel(), float(self.gtol), float(self.rtol),
                 int(self.maxiter), int(self.history), float(self.c1), float(self.c2),
                 int(self.max_linesearch))
-        return SolveResult(y=y.reshape(x.shape), energy=float(f), grad_norm=float(gnorm),
-                           iterations=int(it), n_evals=int(nev), status=Status(status))
+        y = y.reshape(xe.shape)
+        return SolveResult(y=model.crop(y), energy=float(f), grad_norm=float(gnorm),
+                           iterations=int(it), n_evals=int(nev), status=Status(status),
+                           y_ext=y if model.pad else None)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,15 @@ class SolveResult:
     iterations: int
     n_evals: int
     status: Status
+    #: the minimiser on the model's computational domain, when the model pads the image
+    #: (``boundary`` other than 'valid'); ``y`` is its central crop. None: same as ``y``.
+    y_ext: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def y_domain(self) -> np.ndarray:
+        """The solution on the computational domain (what the adjoint linearises at and
+        what a warm start reuses): ``y_ext`` if the model pads, else ``y``."""
+        return self.y if self.y_ext is None else self.y_ext
 
     @property
     def converged(self) -> bool:
