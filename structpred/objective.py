@@ -108,12 +108,15 @@ def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, los
 
 def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *,
                         solver=None, gradient=None, loss=None, warm: Sequence | None = None,
-                        progress=None, threads: int | None = None) -> BatchResult:
+                        progress=None, threads: int | None = None,
+                        on_item=None) -> BatchResult:
     """Mean loss and gradient over (noisy, clean) ``pairs``.
 
     ``warm`` is an optional sequence of earlier :class:`PairResult` (or None) per pair,
     whose ``y`` and adjoint ``u`` warm-start this evaluation. ``progress`` is an optional
-    callable invoked after each image (e.g. a progress bar's ``update``).
+    callable invoked after each image (e.g. a progress bar's ``update``); ``on_item(i,
+    result)``, if given, receives each image's :class:`PairResult` as soon as it is done
+    (before ``progress``; e.g. to save it, so an interrupted evaluation keeps its work).
 
     ``threads``: how many images are processed at once. Each image on its own thread with
     single-threaded kernels beats one image at a time with row-parallel kernels (measured
@@ -137,6 +140,8 @@ def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarr
         r = loss_and_grad(model, theta, x, t, solver=solver, gradient=gradient, loss=loss,
                           y0=None if w is None else w.y, u0=None if w is None else w.adjoint.u,
                           serial=threads > 1)
+        if on_item is not None:
+            on_item(i, r)
         if progress is not None:
             progress()
         return r

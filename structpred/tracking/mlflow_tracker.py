@@ -121,6 +121,13 @@ class Tracker:
     def start(self, *, run_id=None, run_name=None, tags=None) -> str:
         import mlflow
         self._connect()
+        if run_id is not None and not self._known_run(run_id):
+            # a checkpoint from another store (a committed state resumed on another machine):
+            # a new run, linked to the one it continues by a tag
+            log.info("MLflow run %s of the checkpoint is not in %s: continuing in a new run "
+                     "tagged structpred.resumed_from=%s", run_id, self.cfg["uri"], run_id)
+            tags = {**dict(tags or {}), "structpred.resumed_from": run_id}
+            run_id = None
         if run_id is not None:  # resume: reopen the same run (status back to RUNNING)
             run = mlflow.start_run(run_id=run_id)
         else:
@@ -131,6 +138,14 @@ class Tracker:
         log.info("MLflow run %s in %s (experiment %r)", self.run_id, self.cfg["uri"],
                  self.cfg["experiment"])
         return self.run_id
+
+    def _known_run(self, run_id: str) -> bool:
+        import mlflow
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+            return True
+        except Exception:  # RESOURCE_DOES_NOT_EXIST (MLflow raises MlflowException)
+            return False
 
     def attempt(self, what: str, fn, *args, **kw) -> bool:
         """Call ``fn``; a tracking failure is reported, never raised."""

@@ -144,9 +144,15 @@ def train(cfg: DictConfig) -> float | None:
     if tracker:
         tracker.start(run_id=meta.get("run_id"), run_name=cfg.tracking.run_name,
                       tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags)})
-        if not cfg.resume:
+        new_run = tracker.run_id != meta.get("run_id")
+        if new_run:
             from structpred.tracking.mlflow_tracker import flatten
             tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        if cfg.resume and new_run:
+            # the checkpoint's run is in another store: replay its curve into the new run,
+            # so the whole training shows in one run
+            for h in meta.get("history", []):
+                tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, h["step"])
         tracker.set_tags({CKPT_TAG: str(ckpt_path.resolve()), "structpred.output_dir":
                           str(out_dir.resolve())})
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -155,7 +161,9 @@ def train(cfg: DictConfig) -> float | None:
 
     stop = StopFlag()
     bar = trainer = None
-    fun = TrainObjective(model, solver, gradient, train_set.pairs(), on_image=stop.check)
+    fun = TrainObjective(model, solver, gradient, train_set.pairs(), on_image=stop.check,
+                         partial_dir=(ckpt_path.parent / "partial"
+                                      if cfg.checkpoint.get("partial", True) else None))
     status = "FAILED"
     try:
         with stop:
