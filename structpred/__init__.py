@@ -21,6 +21,7 @@ from structpred.models import (
     EnergyModel, FieldsOfExperts, FilterMRF, GaussianMRF, make_model,
 )
 from structpred.objective import BatchResult, PairResult, batch_loss_and_grad, loss_and_grad
+from structpred.shipped import pretrained
 from structpred.solvers import LBFGS, SolveResult, Status, make_solver
 
 __version__ = "0.1.0"
@@ -31,5 +32,5 @@ __all__ = [
     "PairResult", "SolveResult", "Status", "TruncatedGradient", "UnrolledGradient",
     "UnrolledInfo", "batch_loss_and_grad", "check_grad",
     "check_loss_gradient", "check_model_derivatives", "loss_and_grad", "make_gradient",
-    "make_model", "make_solver", "mse", "psnr",
+    "make_model", "make_solver", "mse", "psnr", "pretrained",
 ]

@@ -126,8 +126,12 @@ def _find_file(folder: Path) -> Path | None:
 
 
 def load_model(ref, *, solver=None, tracking_uri: str | None = None) -> TrainedModel:
-    """Load a trained model from a file, a folder, a run id or ``runs:/<run id>``."""
+    """Load a trained model from a file, a folder, a run id, ``runs:/<run id>`` or
+    ``pretrained:NAME`` (a model shipped with structpred, :mod:`structpred.shipped`)."""
     ref = str(ref)
+    if ref.startswith("pretrained:"):
+        from structpred.shipped import path as pretrained_path
+        return read_model_file(pretrained_path(ref), solver)
     p = Path(ref)
     if p.is_file():
         return read_model_file(p, solver)

@@ -1,0 +1,336 @@
+"""The paper-reproduction table: BSD68 PSNR of the shipped models beside the published ones.
+
+Two commands::
+
+    # evaluate every shipped model (structpred/shipped/) on all 68 BSD68 images and
+    # write table.md, table.csv, per_image.csv, per_image.png and filters-<name>.png
+    python -m structpred.reproduce table [--out experiments/reproduce/table] [--limit N]
+           [--models NAME ...] [--rounded] [--also-valid foe-48x7-s25] [--no-mlflow]
+
+    # ship a training run's checkpoint (or model file) as the pretrained model NAME,
+    # with its provenance (protocol, hours, commit) in the file's metadata
+    python -m structpred.reproduce ship NAME CHECKPOINT [--protocol TEXT]
+
+Noise follows the published convention (``../shared/data/README.md``): clean + sigma N(0, 1)
+in 0..255, not rounded (``--rounded``: the 8-bit regime), from a fixed seed per image
+(:func:`structpred.data.noise.noise_rng`, the same noise as ``structpred.evaluate``); PSNR
+= 10 log10(255^2 / MSE) in dB, averaged over the images. Images are denoised one per
+thread with single-threaded kernels (both cores busy). ``--also-valid NAME`` adds the row
+of NAME's parameters under the 'valid' boundary (no padding), to show what the boundary
+handling is worth.
+
+Errors (unknown model, missing data folder, bad option) are one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("structpred.reproduce")
+
+SIGMAS = (15, 25, 50)
+#: published BSD68 PSNR (dB), unrounded noise (../shared/data/README.md)
+PUBLISHED = {
+    "BM3D": {15: 31.07, 25: 28.57, 50: 25.62},
+    "FoE 24x5x5, Gao & Roth 2012 (sampling)": {15: 30.99, 25: 28.40, 50: 25.35},
+    "opt-MRF 48x7x7, Chen et al. 2013 (bilevel)": {15: 31.18, 25: 28.66, 50: 25.70},
+}
+#: the yardstick each of our models is held to (issue 12)
+YARDSTICK = {"foe-48x7": "opt-MRF 48x7x7, Chen et al. 2013 (bilevel)",
+             "foe-24x5": "FoE 24x5x5, Gao & Roth 2012 (sampling)"}
+
+
+class UsageError(Exception):
+    """A bad option or missing input: one line, exit 2."""
+
+
+def _family(name: str) -> tuple[str, int]:
+    """("foe-48x7", 25) of "foe-48x7-s25" (or of a label "foe-48x7-s25 (valid)")."""
+    stem, _, s = name.split(" ")[0].rpartition("-s")
+    return stem, int(s)
+
+
+def default_data_root() -> Path:
+    import os
+    env = os.environ.get("STRUCTPRED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_bsd68(root: Path, sigma: float, *, limit=None, rounded=False, seed=0):
+    """(names, clean, noisy) of BSD68 with the evaluation noise (split "test", seed 0)."""
+    from structpred.data import DataError
+    from structpred.data.datasets import load_split
+    try:
+        ds = load_split("test", {"path": str(Path(root) / "bsd68"), "glob": "*.png",
+                                 "limit": limit}, sigma=sigma, seed=seed, rounded=rounded)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    return ds.names, ds.clean, ds.noisy
+
+
+def denoise_batch(trained, images, threads: int | None = None, progress=None):
+    """``argmin_y E`` of every image, one image per thread (single-threaded kernels)."""
+    import numba
+
+    from structpred.kernels.threads import single_threaded_blas
+    threads = numba.get_num_threads() if threads is None else int(threads)
+
+    def one(x):
+        r = trained.solver.minimize(trained.model, x, trained.theta, serial=threads > 1)
+        if progress is not None:
+            progress()
+        return r
+    with single_threaded_blas():
+        if threads <= 1:
+            return [one(x) for x in images]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, images))
+
+
+def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=None):
+    """Per-image PSNR (dB) of ``trained`` on BSD68 at its training sigma, and timing."""
+    from tqdm import tqdm
+
+    from structpred.losses import psnr
+    sigma = float(trained.meta.get("sigma", _family(name)[1]))
+    names, clean, noisy = load_bsd68(root, sigma, limit=limit, rounded=rounded)
+    t0 = time.perf_counter()
+    with tqdm(total=len(noisy), desc=name, unit="img", file=sys.stderr) as bar:
+        results = denoise_batch(trained, noisy, threads, progress=bar.update)
+    seconds = time.perf_counter() - t0
+    rows = [dict(image=n, psnr_noisy=psnr(x, t), psnr=psnr(r.y, t), iterations=r.iterations,
+                 converged=r.converged) for n, x, t, r in zip(names, noisy, clean, results)]
+    return sigma, rows, seconds
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parent,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def table(args) -> Path:
+    """Evaluate the models, write the tables and figures, log to MLflow; returns the folder."""
+    import dataclasses
+
+    from structpred import shipped as reg
+    from structpred.tracking import plots
+    names = args.models or reg.available()
+    if not names:
+        raise UsageError(f"no shipped models in {reg.folder()}: train and ship one first "
+                         "(python -m structpred.reproduce ship NAME CHECKPOINT)")
+    root = Path(args.data) if args.data else default_data_root()
+    if not (root / "bsd68").is_dir():
+        raise UsageError(f"{root / 'bsd68'}: no such folder (--data or STRUCTPRED_DATA "
+                         "points at the folder holding bsd68/)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ours, per_image, timing = {}, {}, {}
+    jobs = [(n, False) for n in names] + [(n, True) for n in (args.also_valid or [])]
+    for name, as_valid in jobs:
+        try:
+            trained = reg.pretrained(name)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        label = name
+        if as_valid:
+            from structpred.models import make_model
+            cfg = {k: v for k, v in trained.model.config().items() if k not in ("boundary",
+                                                                                 "pad")}
+            trained = dataclasses.replace(trained, model=make_model(trained.model.name, **cfg))
+            label = f"{name} (valid)"
+        sigma, rows, seconds = evaluate_model(label, trained, root, limit=args.limit,
+                                              rounded=args.rounded, threads=args.threads)
+        mean = float(np.mean([r["psnr"] for r in rows]))
+        ours[label] = (int(sigma), mean, trained.meta)
+        per_image[label] = rows
+        timing[label] = seconds
+        log.info("%s: mean PSNR %.3f dB on %d images at sigma %g (%.0f s)", label, mean,
+                 len(rows), sigma, seconds)
+        if not as_valid and getattr(trained.model, "filter_size", 0) >= 3 and \
+                hasattr(trained.model, "basis"):
+            plots.plot_filters(trained.model, trained.theta, out / f"filters-{name}.png")
+        if args.mlflow:
+            _log_run(label, trained, sigma, rows, mean, seconds, args)
+    n_images = len(next(iter(per_image.values())))
+    md = _markdown(ours, timing, n_images, args.rounded)
+    (out / "table.md").write_text(md)
+    with open(out / "table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", *[f"sigma{s}" for s in SIGMAS], "source", "images"])
+        for method, vals in PUBLISHED.items():
+            w.writerow([method, *[f"{vals[s]:.2f}" for s in SIGMAS], "published", 68])
+        for label, (sigma, mean, _) in ours.items():
+            w.writerow([label, *[f"{mean:.4f}" if s == sigma else "" for s in SIGMAS],
+                        "structpred", n_images])
+    with open(out / "per_image.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "image", "psnr_noisy", "psnr", "inner_iterations", "converged"])
+        for label, rows in per_image.items():
+            for r in rows:
+                w.writerow([label, r["image"], f"{r['psnr_noisy']:.4f}", f"{r['psnr']:.4f}",
+                            r["iterations"], int(r["converged"])])
+    _plot_per_image(per_image, out / "per_image.png")
+    print(md, flush=True)
+    print(f"written: {out}/table.md, table.csv, per_image.csv, per_image.png", flush=True)
+    return out
+
+
+def _markdown(ours, timing, n_images, rounded) -> str:
+    regime = "rounded to 8 bit" if rounded else "not rounded"
+    lines = [f"BSD68 mean PSNR (dB), {n_images} images, noise {regime} (seed 0); "
+             "published figures on all 68 images, unrounded.", "",
+             "| method | sigma 15 | sigma 25 | sigma 50 | yardstick: distance (dB) | seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for method, vals in PUBLISHED.items():
+        lines.append(f"| {method} (published) | " + " | ".join(f"{vals[s]:.2f}" for s in SIGMAS)
+                     + " | | |")
+    for label, (sigma, mean, meta) in ours.items():
+        cells = [f"**{mean:.2f}**" if s == sigma else "" for s in SIGMAS]
+        fam = _family(label)[0]
+        yard = YARDSTICK.get(fam)
+        dist = (f"{mean - PUBLISHED[yard][sigma]:+.2f} vs {yard.split(',')[0]}"
+                if yard and sigma in PUBLISHED[yard] else "report")
+        lines.append(f"| structpred {label} | " + " | ".join(cells)
+                     + f" | {dist} | {timing[label]:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_per_image(per_image, path):
+    from structpred.tracking.plots import _plt
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for label, rows in per_image.items():
+        gain = [r["psnr"] - r["psnr_noisy"] for r in rows]
+        ax.plot(range(1, len(rows) + 1), gain, marker=".", lw=0.8, label=label)
+    ax.set_xlabel("BSD68 image")
+    ax.set_ylabel("PSNR gain over the noisy image (dB)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_run(label, trained, sigma, rows, mean, seconds, args):
+    from structpred.tracking.mlflow_tracker import Tracker
+    uri = args.tracking_uri or _default_uri()
+    tracker = Tracker({"uri": uri, "experiment": "structpred-reproduce", "enabled": True})
+    tag = f"bsd68_s{int(sigma)}"
+    tracker.start(run_name=f"table {label} on {len(rows)} BSD68 images",
+                  tags={"structpred.task": "evaluate", "structpred.model_ref":
+                        f"pretrained:{label.split(' ')[0]}"})
+    tracker.log_params({"model": label, "images": len(rows), "sigma": sigma,
+                        "rounded": bool(args.rounded)})
+    tracker.log_metrics({f"eval/{tag}/psnr": mean, f"eval/{tag}/seconds": seconds}, 0)
+    tracker.end("FINISHED")
+
+
+def _default_uri() -> str:
+    import os
+    env = os.environ.get("STRUCTPRED_MLFLOW_URI")
+    if env:
+        return env
+    root = Path(__file__).resolve().parents[1]
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def ship(args) -> Path:
+    """Write the pretrained model NAME from a training checkpoint (or a model file)."""
+    from structpred import shipped as reg
+    from structpred.tracking.model_io import ModelFileError, read_model_file, save_model
+    from structpred.training.checkpoint import CheckpointError, load_latest
+    src = Path(args.checkpoint)
+    if not src.is_file():
+        raise UsageError(f"{src}: no such file")
+    meta = {}
+    try:
+        trained = read_model_file(src)
+        model, theta, solver, meta = trained.model, trained.theta, trained.solver, \
+            dict(trained.meta)
+    except ModelFileError:
+        try:
+            _, _, state, ck, _ = load_latest(src, with_extra=True)
+        except (FileNotFoundError, CheckpointError) as exc:
+            raise UsageError(f"{src}: neither a model file nor a checkpoint ({exc})") from None
+        from omegaconf import OmegaConf
+
+        from structpred.training import config as C
+        cfg = OmegaConf.create(ck["config"])
+        model, solver, theta = C.build_model(cfg), C.build_solver(cfg), state.theta
+        hist = ck.get("history", [])
+        meta = {"sigma": float(cfg.data.sigma), "iterations": int(state.iteration),
+                "hours": round(float(ck.get("elapsed", 0.0)) / 3600, 2),
+                "training_data": _describe_data(cfg),
+                "train_psnr": hist[-1].get("train_psnr") if hist else None,
+                "val_psnr": next((h["val_psnr"] for h in reversed(hist) if "val_psnr" in h),
+                                 None),
+                "mlflow_run_id": ck.get("run_id")}
+    if args.name not in reg.NAMES and not args.force:
+        raise UsageError(f"{args.name}: not one of the reproduction's names {reg.NAMES} "
+                         "(--force to ship it anyway)")
+    meta.update({"name": args.name, "commit": _git_commit(), "source": str(src)})
+    if args.protocol:
+        meta["protocol"] = args.protocol
+    dest = reg.folder() / f"{args.name}.npz"
+    save_model(dest, model, theta, solver=solver, meta=meta)
+    print(f"shipped {dest} ({model!r}, {meta.get('iterations')} outer iterations)")
+    return dest
+
+
+def _describe_data(cfg) -> str:
+    tr = cfg.data.train
+    crop = f"{tr.crop}x{tr.crop} crops" if tr.get("crop") else "whole images"
+    return (f"{Path(str(tr.path)).name}[{tr.get('start', 0)}:+{tr.get('limit')}] {crop}, "
+            f"sigma {cfg.data.sigma}, noise seed {cfg.data.seed}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m structpred.reproduce",
+                                description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("table", help="evaluate the shipped models on BSD68, write the table")
+    t.add_argument("--out", default="experiments/reproduce/table")
+    t.add_argument("--models", nargs="*", help="names (default: every shipped model)")
+    t.add_argument("--limit", type=int, default=None, help="first N images only")
+    t.add_argument("--rounded", action="store_true", help="noisy images rounded to 8 bit")
+    t.add_argument("--also-valid", nargs="*", default=[], help="also evaluate these models "
+                   "under the 'valid' boundary")
+    t.add_argument("--data", default=None, help="folder holding bsd68/ (default "
+                   "$STRUCTPRED_DATA or ../shared/data)")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--no-mlflow", dest="mlflow", action="store_false")
+    t.add_argument("--tracking-uri", default=None)
+    s = sub.add_parser("ship", help="ship a checkpoint or model file as a pretrained model")
+    s.add_argument("name")
+    s.add_argument("checkpoint")
+    s.add_argument("--protocol", default=None)
+    s.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.limit is not None and args.limit < 1 if args.command == "table" else False:
+            raise UsageError(f"--limit must be a positive integer, got {args.limit}")
+        (table if args.command == "table" else ship)(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
