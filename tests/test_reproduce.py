@@ -104,6 +104,20 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     with pytest.raises(FileNotFoundError, match="available: foe-24x5-s25"):
         sp.pretrained("foe-48x7-s25")
 
+    # the sigma-50 experiment fine-tunes from it, lambda rescaled by (25/50)^2
+    from structpred.training import config as C
+    cfg = compose_cfg(["+experiment=reproduce_foe24x5_s50", "+debug=fast",
+                       "model.num_filters=4", "model.filter_size=3"], tmp_path / "c")
+    model = C.build_model(cfg)
+    theta0 = C.init_params(model, cfg)
+    expected = trained.theta.copy()
+    expected[model.param_slices()["log_lambda"]] += 2 * np.log(25 / 50)
+    np.testing.assert_allclose(theta0, expected, rtol=0, atol=1e-14)
+    bad = compose_cfg(["+experiment=reproduce_foe24x5_s50", "+debug=fast",
+                       "init.from=pretrained:foe-48x7-s25"], tmp_path / "d")
+    with pytest.raises(C.ConfigError, match="init.from"):
+        C.init_params(C.build_model(bad), bad)
+
     # the table on 2 BSD68 images, with the 'valid' row, logged to MLflow
     out = tmp_path / "table"
     uri = f"sqlite:///{tmp_path}/store3/mlflow.db"

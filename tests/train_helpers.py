@@ -13,7 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DATA = ROOT.parent / "shared" / "data"
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+#: runnable experiments (a leading underscore marks a fragment other experiments include)
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")
+                     if not p.stem.startswith("_"))
 
 
 def compose_cfg(overrides, tmp: Path, config_name="train", store: Path | None = None,
@@ -22,10 +24,14 @@ def compose_cfg(overrides, tmp: Path, config_name="train", store: Path | None = 
     ``store`` (a folder; sqlite file inside). ``progress_key=False`` for configs without a
     ``progress`` key (``evaluate``)."""
     store = store or tmp
+    # checkpoints under tmp too (the reproduction configs put them in the repository)
+    given = any(o.startswith("checkpoint.dir=") for o in overrides)
+    ckpt = [] if given or config_name != "train" else [f"checkpoint.dir={tmp}/checkpoints"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose(config_name=config_name, overrides=[
             *overrides,
+            *ckpt,
             f"paths.output_dir={tmp}",
             f"tracking.uri=sqlite:///{store}/mlflow.db",
             *(["progress=false"] if progress_key else []),

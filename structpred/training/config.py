@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 EXIT_CONFIG = 2
@@ -216,11 +217,41 @@ def init_params(model, cfg) -> Any:
     (sigma defaults to the data's)."""
     init = cfg.get("init")
     kwargs = dict(OmegaConf.to_container(init, resolve=True)) if init else {}
+    source = kwargs.pop("from", None)
+    rescale = kwargs.pop("rescale_lambda", True)
+    if source:
+        if kwargs:
+            raise ConfigError("init", f"init.from takes no model.init_params keys "
+                              f"(got {sorted(kwargs)})")
+        return _init_from(model, str(source), float(cfg.data.sigma), bool(rescale))
     kwargs.setdefault("sigma", float(cfg.data.sigma))
     try:
         return model.init_params(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError("init", str(exc).splitlines()[0]) from None
+
+
+def _init_from(model, ref: str, sigma: float, rescale: bool):
+    """The parameters of a trained model (``init.from``: a model file, run folder, run id or
+    ``pretrained:NAME``), for fine-tuning at another noise level: with ``rescale_lambda``
+    the data weight becomes lam * (sigma_trained / sigma)^2 (the MAP data term is
+    1/(2 sigma^2) ||y - x||^2, so lam scales as 1/sigma^2)."""
+    import math
+
+    from structpred.tracking.model_io import ModelFileError, load_model
+    try:
+        trained = load_model(ref)
+    except (FileNotFoundError, OSError, ModelFileError) as exc:
+        raise ConfigError("init.from", str(exc).splitlines()[0]) from None
+    if trained.model.param_shapes() != model.param_shapes():
+        raise ConfigError("init.from", f"{ref}: parameters {trained.model.param_shapes()} do "
+                          f"not match this model's {model.param_shapes()}")
+    theta = np.array(trained.theta, dtype=np.float64)
+    source_sigma = trained.meta.get("sigma")
+    sl = model.param_slices().get("log_lambda")
+    if rescale and source_sigma and sl is not None:
+        theta[sl] += 2.0 * math.log(float(source_sigma) / sigma)
+    return theta
 
 
 def set_threads(cfg) -> str:
