@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.limit is not None and args.limit < 1 if args.command == "table" else False:
+        if args.command == "table" and args.limit is not None and args.limit < 1:
             raise UsageError(f"--limit must be a positive integer, got {args.limit}")
         (table if args.command == "table" else ship)(args)
     except UsageError as exc:
