@@ -234,7 +234,8 @@ def test_stack_and_corrupt_and_text_files_are_one_line(tmp_path):
         for gray in (False, True):
             with pytest.raises(ImageError) as exc:
                 read_image_file(tmp_path / name, gray=gray)
-            assert one_line(exc).startswith(f"{tmp_path / name}: not an image file or corrupt")
+            assert one_line(exc).startswith(f"{tmp_path / name}: cannot read image: not an image file "
+                                            "or corrupt")
     with pytest.raises(ImageError, match="nothing.png: no such file"):
         read_image_file(tmp_path / "nothing.png")
 

@@ -291,7 +291,8 @@ def _pillow_mode(path: Path) -> str:
             return im.mode
     except Exception as exc:
         msg = (str(exc).splitlines() or [""])[0]
-        raise ImageError(f"{path}: not an image file or corrupt ({type(exc).__name__}: "
+        raise ImageError(f"{path}: cannot read image: not an image file or corrupt "
+                         f"({type(exc).__name__}: "
                          f"{msg})") from None
 
 
