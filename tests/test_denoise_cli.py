@@ -203,3 +203,35 @@ def test_model_not_found_is_one_line_and_creates_nothing(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         "error: model: typo.npz: not a model file, a folder or an MLflow run id"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before + ["store"]
+
+
+def test_channel_layouts_through_the_command(model_file, tmp_path, capsys):
+    v = np.round(picture() * 255).astype(np.uint8)
+    alpha = np.full_like(v, 180)
+    colour = np.stack([v, 255 - v, v // 2], -1)
+    Image.fromarray(np.stack([v, alpha], -1), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(np.concatenate([colour, alpha[..., None]], -1), mode="RGBA").save(
+        tmp_path / "rgba.png")
+    Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    Image.fromarray(v).save(tmp_path / "plain.jpg", quality=95)          # no EXIF
+    rc, out, err = denoise([model_file, tmp_path / "la.png", tmp_path / "rgba.png",
+                            tmp_path / "p.png", "-o", tmp_path / "o"], capsys)
+    assert rc == 2
+    assert len(err) == 2
+    assert err[0].startswith(f"error: {tmp_path / 'rgba.png'}: RGBA image of shape (40, 48, 4)")
+    assert err[1].startswith(f"error: {tmp_path / 'p.png'}: P (palette) image of shape "
+                             "(40, 48, 3)")
+    assert all("add --gray" in ln for ln in err)
+    la = iio.imread(tmp_path / "o" / "la_denoised.png")          # LA without --gray: fine
+    assert la.shape == (40, 48, 2) and np.all(la[..., 1] == 180)
+    rc, out, err = denoise([model_file, tmp_path / "la.png", tmp_path / "rgba.png",
+                            tmp_path / "p.png", tmp_path / "plain.jpg", "--gray", "-o",
+                            tmp_path / "o2"], capsys)
+    assert rc == 0, err
+    assert out[-1].startswith("summary: 4 ok, 0 failed")
+    rgba = iio.imread(tmp_path / "o2" / "rgba_denoised.png")
+    assert rgba.shape == (40, 48, 2) and np.all(rgba[..., 1] == 180)   # gray + its alpha
+    assert iio.imread(tmp_path / "o2" / "p_denoised.png").shape == (40, 48)
+    jpg = iio.imread(tmp_path / "o2" / "plain_denoised.png")           # lossless output
+    assert jpg.dtype == np.uint8 and jpg.shape == (40, 48)
+    assert psnr(jpg.astype(float), v.astype(float)) > 25
