@@ -67,7 +67,7 @@ def evaluate(cfg: DictConfig) -> float:
     log.info("denoising %d images (the first one compiles the Numba kernels if not cached)",
              len(data))
     for name, x, t in zip(data.names, data.noisy, data.clean):
-        y = trained.denoise(x)
+        y = trained.denoise255(x)        # the data are already on the 0..255 scale
         rows.append((name, psnr(x, t), psnr(y, t)))
         if cfg.save_images:
             stem = name.replace("#", "_")

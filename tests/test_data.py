@@ -44,8 +44,10 @@ def test_folder_errors_name_the_path(tmp_path):
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png: cannot read"):
         load_split("train", {"path": str(tmp_path / "bad")}, **kw)
-    _write(tmp_path / "rgb", "colour.png", np.zeros((16, 16, 3), np.uint8))
-    with pytest.raises(DataError, match="colour.png: RGB image"):
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[..., 0] = 200
+    _write(tmp_path / "rgb", "colour.png", colour)
+    with pytest.raises(DataError, match="colour.png: RGB image .* add data.gray=true"):
         load_split("train", {"path": str(tmp_path / "rgb")}, **kw)
     _write(tmp_path / "small", "tiny.png", np.zeros((4, 16), np.uint8))
     with pytest.raises(DataError, match="tiny: image of shape \\(4, 16\\) is smaller"):

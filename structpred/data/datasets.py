@@ -14,6 +14,11 @@ drawn from generators seeded by (seed, split, index), so they are reproducible.
 The data config's optional ``task`` (see :mod:`structpred.data.tasks`: denoise, inpaint with
 a seeded mask, deblur with a known Gaussian kernel) says how a clean image becomes the
 observation ``x`` (the ``noisy`` list); absent or null: denoising.
+
+Image files follow the rule of :mod:`structpred.data.images` (uint8 as is, uint16 / 257, float
+0..1 x 255, other integers if in 0..255, otherwise a one-line error); the data config's
+optional ``range`` ([lo, hi] or "lo,hi"; null: by dtype) overrides it and ``gray: true``
+converts colour images to luminance (otherwise a colour image is an error).
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from typing import Mapping
 
 import numpy as np
 
+from structpred.data.errors import DataError
+from structpred.data.images import CONFIG_HINTS, parse_range, read_image_file, to_gray255
 from structpred.data.noise import SPLITS, noise_rng
 from structpred.data.tasks import Task, make_task
 
@@ -35,8 +42,6 @@ SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "co
                   "page", "rocket", "text")
 
 
-class DataError(ValueError):
-    """A dataset problem (missing folder, unreadable or unsuitable image); names the path."""
 
 
 @dataclass(frozen=True)
@@ -62,35 +67,18 @@ class Dataset:
 
 
 # ---------------------------------------------------------------------------- reading
-def _to_gray255(img: np.ndarray, where: str) -> np.ndarray:
-    """uint8/uint16/float image -> float64 gray in 0..255; RGB is an error naming ``where``."""
-    arr = np.asarray(img)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        raise DataError(f"{where}: RGB image of shape {arr.shape}; structpred works on "
-                        "grayscale images (convert it, e.g. skimage.color.rgb2gray)")
-    if arr.ndim != 2:
-        raise DataError(f"{where}: expected a 2-D grayscale image, got shape {arr.shape}")
-    if arr.dtype == np.uint16:
-        arr = arr / 257.0
-    elif arr.dtype == bool:
-        arr = arr * 255.0
-    out = np.asarray(arr, dtype=np.float64)
-    if not np.all(np.isfinite(out)):
-        raise DataError(f"{where}: contains NaN or Inf values")
-    return out
+def _to_gray255(img: np.ndarray, where: str, value_range=None, gray: bool = False) -> np.ndarray:
+    """An image array -> float64 gray in 0..255 by the rule of :mod:`structpred.data.images`;
+    an error names ``where`` (and the data config's keys ``data.range``/``data.gray``)."""
+    return to_gray255(img, where, value_range=value_range, gray=gray, hints=CONFIG_HINTS)[0]
 
 
-def read_image(path) -> np.ndarray:
-    """Read a grayscale image file as float64 in 0..255; DataError naming the path if not."""
-    import imageio.v3 as iio
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        img = iio.imread(path)
-    except Exception as exc:  # imageio raises many types; all mean "cannot read"
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    return _to_gray255(img, str(path))
+def read_image(path, value_range=None, gray: bool = False) -> np.ndarray:
+    """Read an image file as (H, W) float64 in 0..255 by the rule of
+    :mod:`structpred.data.images` (uint8 as is, uint16 / 257, float 0..1 x 255, ...;
+    ``value_range=(lo, hi)`` overrides it; ``gray`` converts colour). Raises DataError (an
+    :class:`~structpred.data.images.ImageError`) naming the path if not."""
+    return read_image_file(path, value_range=value_range, gray=gray, hints=CONFIG_HINTS)[0]
 
 
 def skimage_photo(name: str) -> np.ndarray:
@@ -101,6 +89,7 @@ def skimage_photo(name: str) -> np.ndarray:
     img = np.asarray(getattr(data, name)())
     if img.ndim == 3:
         img = color.rgb2gray(img[..., :3]) * 255.0
+        return _to_gray255(img, f"skimage:{name}", value_range=(0, 255))
     return _to_gray255(img, f"skimage:{name}")
 
 
@@ -131,13 +120,13 @@ def _crops(img: np.ndarray, size, count: int, rng: np.random.Generator):
     return out
 
 
-def _sources(spec: Mapping) -> list[tuple[str, callable]]:
+def _sources(spec: Mapping, value_range=None, gray: bool = False) -> list[tuple[str, callable]]:
     """(name, loader) of each image of a split, after ``start``/``limit``."""
     if spec.get("images") is not None:
         items = [(f"{n}", (lambda n=n: skimage_photo(n))) for n in spec["images"]]
     elif spec.get("path") is not None:
         files = _list_folder(spec["path"], spec.get("glob") or "*.png")
-        items = [(p.stem, (lambda p=p: read_image(p))) for p in files]
+        items = [(p.stem, (lambda p=p: read_image(p, value_range, gray))) for p in files]
     else:
         raise DataError("a data split needs 'images' (scikit-image names) or 'path' (a folder)")
     start = int(spec.get("start") or 0)
@@ -150,12 +139,18 @@ def _sources(spec: Mapping) -> list[tuple[str, callable]]:
 
 
 def load_split(split: str, spec: Mapping, *, sigma: float, seed: int, rounded: bool = False,
-               min_shape=(1, 1), task=None) -> Dataset:
+               min_shape=(1, 1), task=None, value_range=None, gray: bool = False) -> Dataset:
     """Load one split: images, crops and their degraded versions (``task``: see
-    :func:`structpred.data.tasks.make_task`; None: denoising)."""
+    :func:`structpred.data.tasks.make_task`; None: denoising). Image files follow the rule
+    of :mod:`structpred.data.images`; ``value_range`` ((lo, hi), "LO,HI" or None: by dtype)
+    and ``gray`` (convert colour to luminance) are the data config's ``range`` and ``gray``."""
     task = make_task(task)
+    try:
+        value_range = parse_range(value_range, "data.range")
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     names, clean, noisy = [], [], []
-    for k, (name, load) in enumerate(_sources(spec)):
+    for k, (name, load) in enumerate(_sources(spec, value_range, bool(gray))):
         img = load()
         crop_rng = np.random.default_rng([int(seed), SPLITS[split], k, 7])
         pieces = _crops(img, spec.get("crop"), spec.get("crops_per_image") or 1, crop_rng)
@@ -189,6 +184,9 @@ def load_splits(data_cfg: Mapping, min_shape=(1, 1), splits=("train", "val", "te
     task = data_cfg.get("task")
     if task is not None and not isinstance(task, (str, Task)):
         task = {k: task[k] for k in task}            # DictConfig -> dict
+    value_range = data_cfg.get("range")
+    if value_range is not None and not isinstance(value_range, str):
+        value_range = list(value_range)              # ListConfig -> list
     out = {}
     for split in splits:
         spec = data_cfg.get(split)
@@ -197,6 +195,7 @@ def load_splits(data_cfg: Mapping, min_shape=(1, 1), splits=("train", "val", "te
             continue
         out[split] = load_split(split, spec, sigma=float(data_cfg["sigma"]),
                                 seed=int(data_cfg["seed"]), rounded=bool(data_cfg.get("rounded")),
-                                min_shape=min_shape, task=task)
+                                min_shape=min_shape, task=task, value_range=value_range,
+                                gray=bool(data_cfg.get("gray") or False))
         log.info("data %s: %s", split, out[split].describe())
     return out

@@ -36,16 +36,35 @@ class TrainedModel:
     solver: object
     meta: dict = field(default_factory=dict)
 
-    def denoise(self, noisy) -> np.ndarray:
-        """``argmin_y E(y; noisy, theta)`` of one (H, W) image in 0..255."""
-        return self.solver.minimize(self.model, np.asarray(noisy, dtype=np.float64),
+    def denoise(self, noisy, *, value_range=None, gray: bool = False, hints=None,
+                where: str = "image"):
+        """Denoise one image: ``argmin_y E(y; x, theta)`` of its gray plane ``x``.
+
+        ``noisy``: (H, W) or (H, W, C) array of any dtype, mapped to the engine's 0..255 by
+        the rule of :mod:`structpred.data.images` (uint8 as is, uint16 / 257, float with
+        values within 0..1 (99.5th percentile <= 2) x 255, other floats as 0..255, ...;
+        ``value_range=(lo, hi)`` overrides the guess; ``gray=True`` converts colour to
+        luminance). Returns the result in the input's dtype, range and layout (an alpha
+        channel is copied). Raises :class:`structpred.data.images.ImageError` (a ValueError)
+        naming the problem in one line."""
+        from structpred.data.images import API_HINTS, from_gray255, to_gray255
+        x, info = to_gray255(noisy, where, value_range=value_range, gray=gray,
+                             hints=hints or API_HINTS)
+        return from_gray255(self.denoise255(x), info)
+
+    def denoise255(self, x) -> np.ndarray:
+        """The engine's call: ``argmin_y E`` of one (H, W) float image already in 0..255 (no
+        range rule), as float64."""
+        return self.solver.minimize(self.model, np.asarray(x, dtype=np.float64),
                                     self.theta).y
 
-    def predict(self, images):
-        """Denoise one image or a list of images."""
-        if isinstance(images, np.ndarray) and images.ndim == 2:
-            return self.denoise(images)
-        return [self.denoise(im) for im in images]
+    def predict(self, images, *, value_range=None, gray: bool = False, hints=None):
+        """Denoise one image (an (H, W) or (H, W, C) array, see :meth:`denoise`) or each image
+        of a list or tuple; returns an array or a list."""
+        if isinstance(images, (list, tuple)):
+            return [self.denoise(im, value_range=value_range, gray=gray, hints=hints,
+                                 where=f"images[{i}]") for i, im in enumerate(images)]
+        return self.denoise(images, value_range=value_range, gray=gray, hints=hints)
 
 
 def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> Path:
@@ -144,8 +163,31 @@ def load_model(ref, *, solver=None, tracking_uri: str | None = None) -> TrainedM
     if not _RUN_ID.match(run_id):
         raise FileNotFoundError(f"{ref}: not a model file, a folder or an MLflow run id")
     import mlflow
+    from mlflow.exceptions import MlflowException
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    _check_store(uri, ref)            # a lookup never creates a store as a side effect
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                artifact_path=f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}")
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}")
+    except MlflowException as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FileNotFoundError(f"{ref}: not found in the MLflow store {uri} ({first})") from None
     return read_model_file(local, solver)
+
+
+def _check_store(uri: str, ref: str) -> None:
+    """FileNotFoundError if ``uri`` is a local store (sqlite file or folder) that does not
+    exist: MLflow would create an empty one there and then not find the run."""
+    from urllib.parse import urlparse
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise FileNotFoundError(f"{ref}: no MLflow store at {path} (give the store with "
+                                    "--tracking-uri / tracking.uri or STRUCTPRED_MLFLOW_URI)")
+    elif parsed.scheme in ("", "file") and not Path(parsed.path or uri).is_dir():
+        raise FileNotFoundError(f"{ref}: no MLflow store at {parsed.path or uri} (give the "
+                                "store with --tracking-uri / tracking.uri or "
+                                "STRUCTPRED_MLFLOW_URI)")
