@@ -4,8 +4,11 @@ Noise follows the published convention (clean + sigma * N(0, 1) in 0..255, not r
 fixed seed ``data.seed``); ``data.rounded=true`` gives the 8-bit regime. The task (denoise,
 inpaint with its mask, deblur with its kernel) is the one stored in the model file; a
 ``data.task`` that asks for another one is an error (exit 2). Writes a per-image
-PSNR table (``psnr.csv``) and the noisy/denoised PNGs to the run folder, prints the mean,
-and logs everything to MLflow (a run tagged with the evaluated model's reference).
+PSNR/SSIM table with a last ``mean`` row (``psnr.csv``) and the noisy/denoised PNGs to the
+run folder, prints the means, and logs everything to MLflow: metrics
+``eval/<dataset>_s<sigma>/{psnr,psnr_noisy,ssim,ssim_noisy,images}``, a run named
+``eval-<dataset>-s<sigma> <model's run name> (n of N images)`` (the count only for a subset),
+tagged with the model's reference and, for a run id, a child of the model's run.
 
 Examples::
 
