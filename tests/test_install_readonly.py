@@ -70,7 +70,8 @@ def test_readonly_install_imports_with_cache_in_a_writable_folder(readonly_insta
     res = _import(readonly_install, readonly_install / "tmp")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "no locator available" not in res.stderr
-    cache = readonly_install / "tmp" / f"structpred-numba-{65534 if os.geteuid() == 0 else os.getuid()}"
+    uid = 65534 if os.geteuid() == 0 else os.getuid()     # nobody, or this user
+    cache = readonly_install / "tmp" / f"structpred-numba-{uid}"
     assert f"CACHE {cache}" in res.stdout
     notes = [line for line in res.stderr.splitlines() if "not writable" in line]
     assert len(notes) == 1 and "NUMBA_CACHE_DIR" in notes[0]

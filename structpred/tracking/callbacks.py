@@ -44,7 +44,8 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     sweeper = OmegaConf.select(config, "hydra.sweeper._target_") or ""
     if not sweeper.endswith("BasicSweeper"):
         return None
-    args = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    args = [f"{k}={v}" for k, v in params.items()]
     args += list(config.hydra.overrides.task)
     overrides = OverridesParser.create().parse_overrides(args)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]

@@ -49,7 +49,8 @@ METRIC_KEYS = {
     "adjoint_iters_mean": "adjoint/iters_mean", "adjoint_iters_max": "adjoint/iters_max",
     "adjoint_residual_max": "adjoint/residual_max", "adjoint_unconverged": "adjoint/unconverged",
     "adjoint_minres": "adjoint/minres",
-    "evals": "outer/evals", "step_size": "outer/step_size", "rejected_steps": "outer/rejected_steps",
+    "evals": "outer/evals", "step_size": "outer/step_size",
+    "rejected_steps": "outer/rejected_steps",
     "wall_time": "time/elapsed_s", "iter_time": "time/iter_s",
 }
 
