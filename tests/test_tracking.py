@@ -42,7 +42,7 @@ def test_parallel_processes_on_a_fresh_store_all_track(tmp_path):
     """Processes starting together on a sqlite file that does not exist yet: MLflow creates
     the tables and runs its migrations in each ("duplicate column name: step", alembic
     errors) unless the creation is serialised. Every run must be tracked."""
-    n = 4
+    n = 3
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     go = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

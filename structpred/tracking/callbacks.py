@@ -176,8 +176,9 @@ class MlflowSweepCallback(Callback):
         swept = swept_values(config)
         overrides = " ".join(config.hydra.overrides.task)
         prefix = t.get("run_prefix") or config.get("task_name", "train")
-        model = OmegaConf.to_container(config.model, resolve=True) if "model" in config else {}
-        name = f"sweep {'debug-' if t.get('debug') else ''}{prefix}-{model_label(model)} " + \
+        model = (f"-{model_label(OmegaConf.to_container(config.model, resolve=True))}"
+                 if isinstance(config.get("model"), DictConfig) else "")
+        name = f"sweep {'debug-' if t.get('debug') else ''}{prefix}{model} " + \
             " ".join(f"{k}={v}" for k, v in swept.items())
         tags = {"structpred.sweep": "parent", "structpred.task": "sweep",
                 "structpred.sweep_overrides": overrides[:5000],
