@@ -158,9 +158,11 @@ class MlflowSweepCallback(Callback):
         jobs = validate_jobs(config)
         n_jobs = None if jobs is None else len(jobs)
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
-        if jobs and not launcher.endswith("BasicLauncher") and config.get("task_name") != \
-                "evaluate":
-            warm_kernels(jobs)    # jobs in other processes: compile once, here
+        # jobs in other processes on this machine: compile once, here (not for Slurm: its
+        # nodes may have other CPUs, and the login node is not the place to compile)
+        local_workers = launcher.endswith(("JoblibLauncher", "submitit_launcher.LocalLauncher"))
+        if jobs and local_workers and config.get("task_name") != "evaluate":
+            warm_kernels(jobs)
         if not self.enabled or not config.get("tracking") or not config.tracking.enabled:
             return
         from mlflow import MlflowClient
