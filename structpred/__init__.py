@@ -11,7 +11,17 @@ Quick tour::
     unrolled = sp.make_gradient("unrolled", steps=50)                # back-optimisation
     pair = sp.loss_and_grad(model, theta, noisy, clean, gradient=unrolled)
 """
-from structpred.gradients import (
+import os as _os
+
+# MLflow's "Downloading artifacts" progress bars on every model load (a user may turn them
+# back on by setting the variable to true)
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from structpred import _numba_cache  # noqa: E402  (before anything compiles a kernel)
+
+_numba_cache.configure()
+
+from structpred.gradients import (  # noqa: E402
     AdjointInfo, AdjointWarning, GradCheck, ImplicitGradient, TruncatedGradient,
     UnrolledGradient, UnrolledInfo, check_grad, check_loss_gradient, check_model_derivatives,
     make_gradient,

@@ -4,8 +4,11 @@ Noise follows the published convention (clean + sigma * N(0, 1) in 0..255, not r
 fixed seed ``data.seed``); ``data.rounded=true`` gives the 8-bit regime. The task (denoise,
 inpaint with its mask, deblur with its kernel) is the one stored in the model file; a
 ``data.task`` that asks for another one is an error (exit 2). Writes a per-image
-PSNR table (``psnr.csv``) and the noisy/denoised PNGs to the run folder, prints the mean,
-and logs everything to MLflow (a run tagged with the evaluated model's reference).
+PSNR/SSIM table with a last ``mean`` row (``psnr.csv``) and the noisy/denoised PNGs to the
+run folder, prints the means, and logs everything to MLflow: metrics
+``eval/<dataset>_s<sigma>/{psnr,psnr_noisy,ssim,ssim_noisy,images}``, a run named
+``eval-<dataset>-s<sigma> <model's run name> (n of N images)`` (the count only for a subset),
+tagged with the model's reference and, for a run id, a child of the model's run.
 
 Examples::
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -40,7 +44,7 @@ def evaluate(cfg: DictConfig) -> float:
 
     from structpred.data import load_splits
     from structpred.losses import psnr
-    from structpred.tracking.mlflow_tracker import Tracker, flatten
+    from structpred.tracking.mlflow_tracker import Tracker
     from structpred.tracking.model_io import ModelFileError, load_model
     from structpred.training import config as C
 
@@ -68,32 +72,51 @@ def evaluate(cfg: DictConfig) -> float:
              len(data))
     for name, x, t in zip(data.names, data.noisy, data.clean):
         y = trained.denoise255(x)        # the data are already on the 0..255 scale
-        rows.append((name, psnr(x, t), psnr(y, t)))
+        rows.append((name, psnr(x, t), psnr(y, t), ssim(x, t), ssim(y, t)))
         if cfg.save_images:
             stem = name.replace("#", "_")
             iio.imwrite(img_dir / f"{stem}_noisy.png", to_uint8(x))
             iio.imwrite(img_dir / f"{stem}_denoised.png", to_uint8(y))
+    means = [float(np.mean([r[i] for r in rows])) for i in range(1, 5)]
+    mean_noisy, mean = means[0], means[1]
     table = out / "psnr.csv"
     with open(table, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["image", "psnr_noisy", "psnr_denoised"])
-        w.writerows([(n, f"{a:.4f}", f"{b:.4f}") for n, a, b in rows])
-    mean_noisy = float(np.mean([r[1] for r in rows]))
-    mean = float(np.mean([r[2] for r in rows]))
+        w.writerow(["image", "psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised"])
+        w.writerows([(r[0], *(f"{v:.4f}" for v in r[1:])) for r in rows])
+        w.writerow(["mean", *(f"{v:.4f}" for v in means)])
     regime = "rounded to 8 bit" if cfg.data.rounded else "not rounded"
     what = "" if task.identity else f", task {task.describe()}"
-    print(f"{len(rows)} images, sigma = {cfg.data.sigma:g} (noise {regime}, seed "
+    used, total = _images_used(cfg.data.get(cfg.split))
+    subset = f" (a subset: {used} of {total} images)" if used < total else ""
+    print(f"{len(rows)} images{subset}, sigma = {cfg.data.sigma:g} (noise {regime}, seed "
           f"{cfg.data.seed}{what}): mean PSNR noisy {mean_noisy:.2f} dB -> denoised "
-          f"{mean:.2f} dB; table in {table}", flush=True)
+          f"{mean:.2f} dB, SSIM {means[2]:.3f} -> {means[3]:.3f}; table in {table}", flush=True)
     if cfg.tracking.enabled:
+        from structpred.tracking.mlflow_tracker import PARENT_ENV
         tracker = Tracker(OmegaConf.to_container(cfg.tracking, resolve=True))
-        tracker.start(run_name=cfg.tracking.run_name or f"evaluate {cfg.data.name} "
-                      f"s{cfg.data.sigma:g}",
-                      tags={"structpred.task": "evaluate",
-                            "structpred.model_ref": str(cfg.model_ref)})
+        key = eval_key(cfg)
+        model_run, model_name = _model_run(str(cfg.model_ref), uri)
+        name = cfg.tracking.run_name or " ".join(filter(None, [
+            f"eval-{key.replace('_s', '-s', 1)}", model_name,
+            f"({used} of {total} images)" if used < total else ""]))
+        tags = {"structpred.task": "evaluate", "structpred.model_ref": str(cfg.model_ref),
+                "structpred.eval_images": f"{used} of {total}"}
+        if model_run:
+            tags["structpred.model_run_id"] = model_run
+        if model_run and not os.environ.get(PARENT_ENV):
+            os.environ[PARENT_ENV] = model_run   # shown under the model's run in the UI
+            try:
+                tracker.start(run_name=name, tags=tags)
+            finally:
+                os.environ.pop(PARENT_ENV, None)
+        else:
+            tracker.start(run_name=name, tags=tags)
         try:
-            tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-            tracker.log_metrics({"test_psnr": mean, "test_psnr_noisy": mean_noisy}, 0)
+            tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
+            tracker.log_metrics({f"eval/{key}/psnr": mean, f"eval/{key}/psnr_noisy": mean_noisy,
+                                 f"eval/{key}/ssim": means[3], f"eval/{key}/ssim_noisy":
+                                 means[2], f"eval/{key}/images": len(rows)}, 0)
             tracker.log_artifact(table)
             if cfg.save_images:
                 import mlflow
@@ -103,6 +126,54 @@ def evaluate(cfg: DictConfig) -> float:
             raise
         tracker.end("FINISHED")
     return mean
+
+
+def ssim(y, t) -> float:
+    """Structural similarity of ``y`` to the clean ``t`` (scikit-image, 0..255 range); NaN
+    for images smaller than its 7x7 window."""
+    from skimage.metrics import structural_similarity
+    try:
+        return float(structural_similarity(t, y, data_range=255.0))
+    except ValueError:
+        return float("nan")
+
+
+def eval_key(cfg) -> str:
+    """``<dataset>_s<sigma>`` of the MLflow metric keys ``eval/<dataset>_s<sigma>/psnr``: the
+    split's folder (``bsd68``) or the data config's name (``skimage``)."""
+    spec = cfg.data.get(cfg.split) or {}
+    dataset = Path(str(spec.get("path"))).name if spec.get("path") else str(cfg.data.name)
+    return f"{dataset}_s{float(cfg.data.sigma):g}"
+
+
+def _images_used(spec) -> tuple[int, int]:
+    """(images evaluated, images in the split without ``start``/``limit``)."""
+    spec = spec or {}
+    if spec.get("images") is not None:
+        total = len(spec["images"])
+    elif spec.get("path") is not None:
+        total = len(list(Path(str(spec["path"])).glob(spec.get("glob") or "*.png")))
+    else:
+        return 0, 0
+    start = int(spec.get("start") or 0)
+    limit = spec.get("limit")
+    used = max(0, total - start) if limit is None else min(int(limit), max(0, total - start))
+    return used, total
+
+
+def _model_run(ref: str, uri) -> tuple[str | None, str | None]:
+    """(run id, run name) of the training run behind a model reference given as a run id
+    or ``runs:/<id>/...``; (None, None) for a file or folder."""
+    import re
+    m = re.fullmatch(r"(?:runs:/)?([0-9a-f]{32})(?:/.*)?", ref.strip())
+    if not m:
+        return None, None
+    try:
+        import mlflow
+        run = mlflow.MlflowClient(tracking_uri=uri).get_run(m.group(1))
+        return m.group(1), run.info.run_name
+    except Exception:  # noqa: BLE001 - the model was found; the name is a nicety
+        return m.group(1), None
 
 
 def _check_sigma(cfg, trained):

@@ -5,18 +5,25 @@ see README "Training, tracking and evaluation".
 """
 from __future__ import annotations
 
+import warnings
+
 import hydra
 from omegaconf import DictConfig
 
 from structpred.training.config import register_resolvers
 
 register_resolvers()
+# configs/hydra/launcher/{joblib,submitit_*}.yaml carry the plugins' names on purpose (so
+# hydra/launcher=joblib picks the project's defaults); Hydra warns that they are checked
+# against the plugin's schema of the same name, which is what we want
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against "
+                        "ConfigStore schema", category=UserWarning)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from structpred.training.app import guarded, train
-    return guarded(train, cfg)
+    from structpred.training.app import run_job, train
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ def test_midrun_outage_keeps_training_and_sends_metrics_later(tmp_path, monkeypa
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     run = mlflow.search_runs(experiment_names=["structpred"], output_format="list")[0]
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id,
-                                                                        "train_loss")]
+                                                                        "train/loss")]
     assert sorted(steps) == [0, 1, 2] and run.info.status == "FINISHED"
     assert not (tmp_path / "metrics_pending.jsonl").exists()
 

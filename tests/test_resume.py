@@ -59,7 +59,7 @@ def test_interrupt_then_resume_equals_uninterrupted(opt, tmp_path, monkeypatch):
     np.testing.assert_allclose(theta_resumed, theta_full, rtol=1e-12, atol=0)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")]
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss")]
     assert set(range(1, 5)) <= set(steps)
 
 

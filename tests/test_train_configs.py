@@ -35,8 +35,14 @@ def test_experiment_runs_in_fast_mode(name, tmp_path, store):
     assert (tmp_path / "structpred_model.npz").is_file()
     assert (tmp_path / "checkpoints" / "last.npz").is_file()
     mlflow.set_tracking_uri(cfg.tracking.uri)
+    from omegaconf import OmegaConf
+
+    from structpred.tracking.mlflow_tracker import run_name
+    name = run_name(OmegaConf.to_container(cfg, resolve=True))
+    assert name.startswith("debug-") and f"-s{cfg.data.sigma:g}" in name
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
-                              filter_string=f"params.`tracking.run_name` = '{cfg.tracking.run_name}'",
+                              filter_string=f"tags.`config.tracking.run_prefix` = "
+                              f"'{cfg.tracking.run_prefix}' and attributes.run_name = '{name}'",
                               output_format="list")
     assert runs and runs[0].info.status == "FINISHED"
 

@@ -125,6 +125,11 @@ class ImplicitGradient:
         Relative residual tolerance of the adjoint solve ``||E_yy u - b|| <= rtol ||b||``.
     maxiter : int
         Maximum CG iterations (and MINRES iterations if it falls back).
+
+    The default ``rtol=1e-8`` is for an accurate gradient (the API, the finite-difference
+    checks). The training config ``configs/gradient/implicit.yaml`` uses ``rtol=1e-6`` on
+    purpose: the adjoint is solved for every image at every outer evaluation, and the
+    outer optimiser needs only a few digits of the gradient (README, "Tolerances").
     """
 
     rtol: float = 1e-8

@@ -87,6 +87,12 @@ class LBFGS:
         Wolfe constants (sufficient decrease, curvature), ``0 < c1 < c2 < 1``.
     max_linesearch : int
         Maximum energy evaluations in one line search.
+
+    The defaults (``gtol=1e-6``, ``maxiter=5000``) are for one accurate solve (the API, the
+    derivative checks). The training config ``configs/solver/lbfgs.yaml`` uses ``gtol=1e-4``,
+    ``maxiter=2000`` on purpose: training repeats the solve for every image at every outer
+    evaluation, and the outer optimiser needs only a few digits of the gradient (README,
+    "Tolerances").
     """
 
     gtol: float = 1e-6

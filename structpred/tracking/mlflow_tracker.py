@@ -18,6 +18,7 @@ folder). Tracking never stops a training.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,56 @@ from typing import Mapping
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "STRUCTPRED_PARENT_RUN_ID"
+SWEEP_KEYS_ENV = "STRUCTPRED_SWEEP_KEYS"   #: the keys a sweep varies (for the job's run name)
 MAX_PARAM = 6000  # MLflow rejects longer parameter values
+#: experiment tag that MLflow 3's UI reads to choose between its GenAI and model views
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+#: MLflow metric key of each metric the training loop computes. A "/" groups charts in the
+#: MLflow UI (one section per prefix): the curves first (``train/``, ``val/``, ``test/``),
+#: then the diagnostics (``solver/`` inner solves, ``adjoint/`` the implicit gradient's linear
+#: solves, ``outer/`` the outer optimiser, ``time/``). Keys already holding a "/" are kept.
+METRIC_KEYS = {
+    "train_loss": "train/loss", "train_psnr": "train/psnr", "grad_norm": "train/grad_norm",
+    "val_psnr": "val/psnr",
+    "test_psnr": "test/psnr", "test_psnr_noisy": "test/psnr_noisy",
+    "test_psnr_init": "test/psnr_init",
+    "inner_iters_mean": "solver/iters_mean", "inner_iters_max": "solver/iters_max",
+    "inner_unconverged": "solver/unconverged",
+    "inner_unconverged_fraction": "solver/unconverged_fraction",
+    "adjoint_iters_mean": "adjoint/iters_mean", "adjoint_iters_max": "adjoint/iters_max",
+    "adjoint_residual_max": "adjoint/residual_max", "adjoint_unconverged": "adjoint/unconverged",
+    "adjoint_minres": "adjoint/minres",
+    "evals": "outer/evals", "step_size": "outer/step_size",
+    "rejected_steps": "outer/rejected_steps",
+    "wall_time": "time/elapsed_s", "iter_time": "time/iter_s",
+}
+
+
+def metric_key(name: str) -> str:
+    """The MLflow key of a training metric (see :data:`METRIC_KEYS`); others unchanged."""
+    return METRIC_KEYS.get(name, name)
+
+
+#: config keys that are not hyperparameters: logged as tags ``config.<key>``, not as params
+#: (run-specific paths would be the first parallel-coordinates axis and always differ)
+_TAG_GROUPS = ("paths.", "tracking.", "hydra.", "checkpoint.")
+_TAG_KEYS = {"resume", "progress", "data.root", "model_ref", "task_name", "tags",
+             "optimized_metric", "save_images"}
+
+
+def split_config(flat: Mapping[str, str]) -> tuple[dict, dict]:
+    """``(params, tags)`` of a flattened config: hyperparameters as params; paths, the
+    tracking settings and other run-specific values as tags ``config.<key>``."""
+    params, tags = {}, {}
+    for k, v in flat.items():
+        is_path = (k.startswith(_TAG_GROUPS) or k in _TAG_KEYS or k.endswith((".path", "_dir"))
+                   or k.endswith(".dir"))
+        if is_path:
+            tags[f"config.{k}"] = v
+        else:
+            params[k] = v
+    return params, tags
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
@@ -43,32 +93,80 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store while it is created or
+    migrated: MLflow creates the tables and runs its migrations on the first connection,
+    and two processes doing that at once fail ("duplicate column name", alembic errors).
+    Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup_experiment(uri: str, experiment: str, artifact_root: str | None = None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing, with
-    its artifacts under ``artifact_root`` for a local store)."""
+    its artifacts under ``artifact_root`` for a local store, and tagged as a model-training
+    experiment for MLflow 3's UI). A sqlite store is created under a file lock, so parallel
+    processes on a fresh store all succeed."""
     import mlflow
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         artifact_root = artifact_root or str(db.parent / "artifacts")
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if artifact_root and "://" not in artifact_root:
-        Path(artifact_root).mkdir(parents=True, exist_ok=True)
-        location = Path(artifact_root).resolve().as_uri()
-    try:
-        return client.create_experiment(experiment, artifact_location=location)
-    except Exception:  # created meanwhile by a parallel job
-        return client.get_experiment_by_name(experiment).experiment_id
+    with _store_lock(uri):
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(experiment)   # creates/migrates a new store
+        if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+                client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            return exp.experiment_id
+        location = None
+        if artifact_root and "://" not in artifact_root:
+            Path(artifact_root).mkdir(parents=True, exist_ok=True)
+            location = Path(artifact_root).resolve().as_uri()
+        try:
+            return client.create_experiment(experiment, artifact_location=location,
+                                            tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # created meanwhile by a parallel job (another server client)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+
+#: words of the errors that mean "cannot connect" (MLflow raises many exception types)
+_UNREACHABLE = ("max retries exceeded", "connection refused", "failed to establish",
+                "name or service not known", "temporary failure in name resolution",
+                "timed out", "unable to open database file", "no route to host",
+                "connection reset", "connection aborted", "api request to")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached (rather than another failure)."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(w in text for w in _UNREACHABLE)
 
 
 def _unreachable(uri: str, exc: Exception):
     from structpred.training.config import ConfigError
     why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if not is_unreachable(exc):
+        return ConfigError("tracking.uri", f"the MLflow store {uri} failed to open "
+                           f"({type(exc).__name__}: {why}); check the store, or set "
+                           "tracking.enabled=false")
     return ConfigError("tracking.uri", f"cannot reach the MLflow store {uri} ({why}); start "
                        "the server or fix the URI, or set tracking.on_unreachable=local (a "
                        "local store in the run folder) or tracking.enabled=false")
@@ -110,7 +208,8 @@ class Tracker:
                                                   self.cfg.get("artifact_root"))
             return
         except Exception as exc:  # MLflow raises many types for "cannot connect"
-            if self.cfg.get("on_unreachable", "error") != "local" or self.local_dir is None:
+            if (self.cfg.get("on_unreachable", "error") != "local" or self.local_dir is None
+                    or not is_unreachable(exc)):
                 raise _unreachable(uri, exc) from None
             local = f"sqlite:///{(self.local_dir / 'mlruns' / 'mlflow.db').resolve()}"
             log.warning("MLflow store %s unreachable (%s): tracking to the local store %s "
@@ -163,6 +262,13 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.attempt("log_params", mlflow.log_params, dict(items[i:i + 100]))
 
+    def log_config(self, config: Mapping) -> None:
+        """The resolved config: hyperparameters as params, paths and tracking settings as
+        tags (:func:`split_config`)."""
+        params, tags = split_config(flatten(config))
+        self.log_params(params)
+        self.set_tags(tags)
+
     def set_tags(self, tags: Mapping[str, str]):
         import mlflow
         self.attempt("set_tags", mlflow.set_tags, dict(tags))
@@ -205,8 +311,9 @@ class Tracker:
         return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int):
-        """Log (retrying); on failure keep them to send later. Never raises."""
-        metrics = {k: float(v) for k, v in metrics.items()}
+        """Log (retrying); on failure keep them to send later. Never raises. Keys are
+        renamed by :func:`metric_key` (``train_loss`` -> ``train/loss``)."""
+        metrics = {metric_key(k): float(v) for k, v in metrics.items()}
         if self.pending and not self.flush():
             self._keep(metrics, int(step))
         elif not self._send(metrics, int(step)):
@@ -224,3 +331,61 @@ class Tracker:
                         len(self.pending), self.pending_path or "memory (lost at exit)")
         if self.run_id is not None and mlflow.active_run() is not None:
             self.attempt("end_run", mlflow.end_run, status=status)
+
+
+# ------------------------------------------------------------------------- run names
+def model_label(model: Mapping) -> str:
+    """``foe8x3``, ``filter_mrf8x3-charbonnier``, ``pairwise``: the model, its filter count
+    and size, and its penalty when the config names one."""
+    label = str(model.get("name", "model"))
+    k, m = model.get("num_filters"), model.get("filter_size")
+    if k is not None and m is not None:
+        label += f"{k}x{m}"
+    if model.get("penalty"):
+        label += f"-{model['penalty']}"
+    return label
+
+
+def _lookup(cfg: Mapping, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def sweep_keys() -> list[str]:
+    """The config keys the current sweep varies (exported by the sweep callback)."""
+    return [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
+
+
+def run_name(cfg: Mapping) -> str:
+    """The MLflow run name of a training run: ``tracking.run_name`` if set, else
+    ``<run_prefix>-<model><K>x<m>-s<sigma>`` (``denoise-foe8x3-s25``); ``debug-`` in front of
+    a ``+debug=fast`` run, and in a sweep the job's values of the swept keys after a space
+    (``denoise-foe4x3-s25 model.num_filters=4``), so that no two jobs share a name."""
+    t = cfg.get("tracking") or {}
+    name = t.get("run_name")
+    if not name:
+        parts = [str(t.get("run_prefix") or cfg.get("task_name") or "train")]
+        if isinstance(cfg.get("model"), Mapping):
+            parts.append(model_label(cfg["model"]))
+        sigma = _lookup(cfg, "data.sigma")
+        if sigma is not None:
+            parts.append(f"s{float(sigma):g}")
+        name = "-".join(parts)
+    if t.get("debug"):
+        name = f"debug-{name}"
+    swept = [f"{k}={_lookup(cfg, k)}" for k in sweep_keys() if _lookup(cfg, k) is not None]
+    return " ".join([name, *swept])[:250]
+
+
+def register_model(run_id: str, name: str, tags: Mapping[str, str] | None = None):
+    """Register ``runs:/<run_id>/model`` in the MLflow Model Registry as ``name``; returns
+    the new ModelVersion (its ``version``), with ``tags`` on the version."""
+    import mlflow
+    mv = mlflow.register_model(f"runs:/{run_id}/model", name,
+                               tags={k: str(v) for k, v in (tags or {}).items()})
+    log.info("registered the model as %r version %s", name, mv.version)
+    return mv

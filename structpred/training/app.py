@@ -2,6 +2,7 @@
 takes a composed config, so tests can run it through Hydra's compose API)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -29,10 +30,66 @@ CKPT_TAG = "structpred.checkpoint"
 BEFORE = "before"   #: extra checkpoint state: the outer loop's last good state before the current
 
 
+#: the current job's MLflow run id and last error (read by :func:`run_job` in a sweep)
+JOB: dict = {"run_id": None, "error": None}
+
+
 def fail(message: str, code: int = C.EXIT_CONFIG):
     """One line on stderr, then exit (no traceback)."""
+    JOB["error"] = message
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
+def run_job(fn, cfg):
+    """``guarded(fn, cfg)``; in a multirun sweep a job that fails (exit status 2 or 3, or an
+    unexpected exception) is logged and recorded as a FAILED MLflow child run, and returns
+    None so that the sweep goes on with its other jobs (the sweep callback counts the
+    failures in the parent run and exits with status 3). Interruptions still stop the
+    sweep."""
+    if not in_multirun():
+        return guarded(fn, cfg)
+    JOB.update(run_id=None, error=None)
+    try:
+        return guarded(fn, cfg)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        if code == 0 or code >= 128:
+            raise
+        why = JOB["error"] or f"exit status {code}"
+    except Exception as exc:  # noqa: BLE001 - one job's crash must not end the sweep
+        log.exception("the job crashed")
+        why = f"{type(exc).__name__}: {exc}"
+    log.error("job failed (%s); the sweep goes on with its other jobs", why)
+    _record_failed_job(cfg, why)
+    return None
+
+
+def _record_failed_job(cfg, why: str) -> None:
+    """A job that failed before its MLflow run started gets a FAILED child run (its name,
+    params and the error), so the sweep's parent shows every job."""
+    if JOB["run_id"] is not None or not cfg.get("tracking") or not cfg.tracking.enabled:
+        return
+    try:
+        from structpred.tracking.mlflow_tracker import Tracker, run_name
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracker = Tracker(resolved["tracking"])
+        tracker.start(run_name=run_name(resolved), tags={
+            "structpred.task": str(cfg.get("task_name", "train")),
+            "structpred.stop_reason": why[:5000]})
+        tracker.log_config(resolved)
+        tracker.end("FAILED")
+    except Exception as exc:  # noqa: BLE001 - the store itself may be the problem
+        log.warning("could not record the failed job in MLflow (%s)", exc)
 
 
 def guarded(fn, cfg, **kw):
@@ -142,12 +199,15 @@ def train(cfg: DictConfig) -> float | None:
         ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
         state, meta, before = _resume_state(ref, optimizer, model)
     if tracker:
-        tracker.start(run_id=meta.get("run_id"), run_name=cfg.tracking.run_name,
-                      tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags)})
+        from structpred.tracking.mlflow_tracker import run_name
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracker.start(run_id=meta.get("run_id"), run_name=run_name(resolved),
+                      tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags),
+                            "structpred.debug": str(bool(cfg.tracking.get("debug"))).lower()})
+        JOB["run_id"] = tracker.run_id
         new_run = tracker.run_id != meta.get("run_id")
         if new_run:
-            from structpred.tracking.mlflow_tracker import flatten
-            tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+            tracker.log_config(resolved)
         if cfg.resume and new_run:
             # the checkpoint's run is in another store: replay its curve into the new run,
             # so the whole training shows in one run
@@ -166,24 +226,30 @@ def train(cfg: DictConfig) -> float | None:
                                       if cfg.checkpoint.get("partial", True) else None))
     status = "FAILED"
     try:
-        with stop:
-            log.info("model %s: %d parameters; %d training images. The first evaluation "
-                     "compiles the Numba kernels (tens of seconds, once; cached on disk).",
+        with stop, contextlib.ExitStack() as scope:
+            log.info("model %s: %d parameters; %d training images",
                      model.name, model.num_params, len(train_set))
             if state is None:
                 t0 = time.perf_counter()
-                state = optimizer.init(fun, theta0, len(train_set))
+                with compile_notice():
+                    state = optimizer.init(fun, theta0, len(train_set))
                 log.info("initial evaluation in %.1f s", time.perf_counter() - t0)
             if state.last is not None and state.iteration == 0:
                 m0 = _metrics0(state)
                 _validate_into(m0, model, state.theta, val_set, solver, cfg, 0)
+                log.info("%s", iteration_line(0, optimizer.max_iter, m0))
                 history.append({"step": 0, **m0})
                 if tracker:
                     tracker.log_metrics(m0, 0)
             if _progress_enabled(cfg):
                 from tqdm import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
                 bar = tqdm(total=optimizer.max_iter, initial=state.iteration, desc="outer",
                            unit="it", dynamic_ncols=True)
+                # console log lines are written above the bar instead of through it
+                scope.enter_context(logging_redirect_tqdm())
+
+            clock = [time.perf_counter()]   # end of the previous iteration's step
 
             def on_step(st, metrics):
                 _validate_into(metrics, model, st.theta, val_set, solver, cfg, st.iteration)
@@ -197,14 +263,12 @@ def train(cfg: DictConfig) -> float | None:
                                     val=f"{metrics.get('val_psnr', float('nan')):.2f}",
                                     inner=f"{metrics['inner_iters_mean']:.0f}",
                                     cg=f"{metrics['adjoint_iters_mean']:.0f}")
-                else:
-                    log.info("iter %d: loss %.5g, train PSNR %.2f, val PSNR %s, |g| %.3g, "
-                             "inner %.1f/%d, adjoint %.1f, %d evals, %.1f s", st.iteration,
-                             metrics["train_loss"], metrics["train_psnr"],
-                             f"{metrics['val_psnr']:.2f}" if "val_psnr" in metrics else "-",
-                             metrics["grad_norm"], metrics["inner_iters_mean"],
-                             metrics["inner_iters_max"], metrics["adjoint_iters_mean"],
-                             metrics["evals"], metrics["wall_time"])
+                # one line per outer iteration in train.log (and on the console, above the
+                # bar if there is one), whatever the progress setting
+                now = time.perf_counter()
+                seconds, clock[0] = now - clock[0], now
+                log.info("%s", iteration_line(st.iteration, optimizer.max_iter, metrics,
+                                              seconds))
                 every = int(cfg.checkpoint.every)
                 if every and st.iteration % every == 0:
                     _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"],
@@ -237,6 +301,7 @@ def train(cfg: DictConfig) -> float | None:
                 tracker.log_artifact(ckpt_path, "checkpoints")
                 tracker.set_tags({"structpred.stop_reason": str(exc)[:5000]})
         killed = isinstance(exc, Interrupted)
+        JOB["error"] = str(exc)
         status = "KILLED" if killed else "FAILED"
         if bar is not None:
             bar.close()
@@ -250,6 +315,55 @@ def train(cfg: DictConfig) -> float | None:
             bar.close()
         if tracker:
             tracker.end(status)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0.0)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def iteration_line(it: int, max_iter: int, m: dict, seconds: float | None = None) -> str:
+    """The log line of outer iteration ``it``: loss, PSNRs, gradient norm, inner and adjoint
+    iterations (mean/max), evaluations, the seconds of this iteration (``seconds``, with its
+    validation; else the step's ``iter_time``), the total and the ETA (the mean time per
+    iteration so far times the iterations left)."""
+    val = f"{m['val_psnr']:.2f}" if "val_psnr" in m else "-"
+    text = (f"iter {it}/{max_iter}: loss {m['train_loss']:.5g}, train PSNR "
+            f"{m['train_psnr']:.2f}, val PSNR {val}, |g| {m['grad_norm']:.3g}, inner "
+            f"{m['inner_iters_mean']:.1f}/{m['inner_iters_max']:.0f}, adjoint "
+            f"{m['adjoint_iters_mean']:.1f}/{m['adjoint_iters_max']:.0f}")
+    if "evals" in m:
+        text += f", {m['evals']:.0f} evals"
+    if it == 0:
+        return text + " (initial parameters)"
+    elapsed = float(m.get("wall_time", 0.0))
+    seconds = float(m.get("iter_time", 0.0) if seconds is None else seconds)
+    text += f", {seconds:.2f} s (total {_duration(elapsed)}"
+    if max_iter > it:
+        text += f", ETA {_duration(elapsed / it * (max_iter - it))}"
+    return text + ")"
+
+
+class compile_notice:
+    """Says, after ``after`` seconds, that the first evaluation is compiling the Numba
+    kernels (so a user does not think the program hangs); says nothing when the caches are
+    warm and the evaluation is quick."""
+
+    def __init__(self, after: float = 10.0):
+        import threading
+        self.timer = threading.Timer(after, log.info, ("the first evaluation is still running: "
+                                                       "it compiles the Numba kernels (tens of "
+                                                       "seconds, once; cached on disk)",))
+        self.timer.daemon = True
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        return False
 
 
 def _metrics0(state) -> dict:
@@ -329,8 +443,16 @@ def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_d
             tracker.log_artifact(p, "plots" if p.suffix == ".png" else None)
         tracker.log_artifact(model_file, MODEL_ARTIFACT_DIR)
         tracker.set_tags({"structpred.stop_reason": str(reason)[:5000]})
-        if cfg.tracking.log_model:
+        register = cfg.tracking.get("register_model")
+        if cfg.tracking.log_model or register:
             from structpred.tracking.pyfunc import log_pyfunc
-            tracker.attempt("log_model", log_pyfunc, model_file)
+            logged = tracker.attempt("log_model", log_pyfunc, model_file)
+            if register and logged:
+                from structpred.tracking.mlflow_tracker import register_model
+                tracker.attempt("register_model", register_model, tracker.run_id,
+                                str(register), tags={
+                                    "sigma": f"{float(cfg.data.sigma):g}", "model":
+                                    model.name, "test_psnr": f"{final['test_psnr']:.4f}",
+                                    "debug": str(bool(cfg.tracking.get("debug"))).lower()})
     metric = final.get(cfg.optimized_metric)
     return None if metric is None or not math.isfinite(metric) else metric

@@ -254,12 +254,35 @@ def _init_from(model, ref: str, sigma: float, rescale: bool):
     return theta
 
 
+def launcher_threads() -> int | None:
+    """Numba threads for a job of a parallel sweep: cores / ``n_jobs`` under the joblib
+    launcher, ``cpus_per_task`` under submitit; None otherwise (all cores)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        launcher = hc.launcher
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return None
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target.lower():
+        cores = os.cpu_count() or 1
+        n = launcher.get("n_jobs")
+        n = cores if n is None or int(n) <= 0 else int(n)
+        return max(1, cores // n)
+    if "submitit" in target.lower() and launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    return None
+
+
 def set_threads(cfg) -> str:
     """Give the cores to Numba (the kernels are parallel over image rows) and keep BLAS to
     ``threads.blas`` threads (1 by default): the heavy work is in Numba, BLAS only sees
     small vectors, and two thread pools on a small machine oversubscribe the cores."""
     import numba
-    numba_threads = OmegaConf.select(cfg, "threads.numba")
+    numba_threads = OmegaConf.select(cfg, "threads.numba") or launcher_threads()
     blas = OmegaConf.select(cfg, "threads.blas")
     if numba_threads:
         numba.set_num_threads(min(int(numba_threads), numba.config.NUMBA_NUM_THREADS))
