@@ -86,7 +86,7 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["structpred.resumed_from"] == old_run
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(runs[0].info.run_id,
-                                                                     "train_loss")]
+                                                                     "train/loss")]
     assert sorted(set(steps)) == [0, 1, 2, 3]            # the replayed curve and the new step
     _, state, _ = load_checkpoint(state_file)
     assert state.iteration == 3
