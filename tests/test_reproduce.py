@@ -118,6 +118,12 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     with pytest.raises(C.ConfigError, match="init.from"):
         C.init_params(C.build_model(bad), bad)
 
+    # a full, unrounded table records the measured PSNR in the shipped file
+    reproduce._record_psnr("foe-24x5-s25", trained, 27.5, 68)
+    again = sp.pretrained("foe-24x5-s25")
+    assert again.meta["bsd68_psnr"] == 27.5 and again.meta["commit"] == trained.meta["commit"]
+    np.testing.assert_array_equal(again.theta, trained.theta)
+
     # the table on 2 BSD68 images, with the 'valid' row, logged to MLflow
     out = tmp_path / "table"
     uri = f"sqlite:///{tmp_path}/store3/mlflow.db"
