@@ -16,8 +16,9 @@ indefinite systems, and record the switch in the diagnostics.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,7 @@ import scipy.sparse.linalg as spla
 from numba import njit
 
 from structpred.kernels.threads import single_threaded_blas
+from structpred.numerics import norm2, pow2_exponent, safe_norm
 
 
 class AdjointWarning(RuntimeWarning):
@@ -72,12 +74,31 @@ def _cg_direction(p, r, beta):
         p[i] = r[i] + beta * p[i]
 
 
+def _to_unit_scale(b, x0):
+    """(k, b 2**-k, x0 2**-k) with max|b 2**-k| in [0.5, 1): exact, and every squared norm
+    of the solve is then in range whatever the scale of b. A warm start that does not
+    survive the rescaling (overflow) is dropped."""
+    k = pow2_exponent(b)
+    bt = np.ldexp(b, -k)
+    if x0 is not None:
+        x0 = np.ldexp(np.asarray(x0, dtype=np.float64).reshape(b.shape), -k)
+        if not np.all(np.isfinite(x0)):
+            x0 = None
+    return k, bt, x0
+
+
 def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
     """Solve ``A u = b`` for symmetric positive definite ``A`` given as ``hvp(v) = A v``.
 
     Stops when ``||b - A u|| <= rtol * ||b||`` (info 0), after ``maxiter`` iterations
     (info 1), or when a search direction has ``p^T A p <= 0`` (info 2: A is not positive
     definite along p; ``u`` is the last good iterate).
+
+    Scale-safe: the system is solved for ``b 2**-k`` with ``max|b 2**-k|`` in [0.5, 1) and
+    the answer scaled back (exact), so the squared norms of the stopping test neither
+    underflow nor overflow (before: at ||b|| ~ 1e-155 the test never held, and the
+    iteration ran to maxiter and diverged; at 1e160 it returned NaN), and
+    ``u(s b) = s u(b)`` with the same iteration count for every s that does not overflow u.
 
     The vector updates are small Numba kernels (serial, no BLAS): numpy's BLAS threads
     and the kernels' Numba threads would otherwise fight over the cores (measured: 10-30x
@@ -88,13 +109,27 @@ def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
     u, info, iterations, relative residual
     """
     b = np.ascontiguousarray(b, dtype=np.float64)
+    k, bt, x0 = _to_unit_scale(b, x0)
+    u, info, its, res = _cg_unit(hvp, bt, x0, rtol, maxiter)
+    return np.ldexp(u, k), info, its, res
+
+
+def _cg_unit(hvp, b, x0, rtol, maxiter):
+    """CG on a right-hand side of unit scale (see :func:`conjugate_gradient`)."""
     flat = b.ravel()
-    bnorm = float(np.sqrt(_dot(flat, flat)))
+    bnorm = float(norm2(flat))
     if bnorm == 0.0:
         return np.zeros_like(b), 0, 0, 0.0
-    u = np.zeros_like(b) if x0 is None else np.array(x0, dtype=np.float64).reshape(b.shape)
-    r = b - hvp(u) if x0 is not None else b.copy()
-    r = np.ascontiguousarray(r, dtype=np.float64)
+    u = r = None
+    if x0 is not None:
+        # a warm start is kept only if it beats u = 0 (one at another scale, say from an
+        # earlier right-hand side 1e300 times larger, would give a residual of 1e300 ||b||)
+        u = np.array(x0, dtype=np.float64).reshape(b.shape)
+        r = np.ascontiguousarray(b - hvp(u), dtype=np.float64)
+        if not norm2(r.ravel()) < bnorm:
+            u = r = None
+    if u is None:
+        u, r = np.zeros_like(b), b.copy()
     p = r.copy()
     uf, rf, pf = u.ravel(), r.ravel(), p.ravel()
     rr = _dot(rf, rf)
@@ -102,17 +137,17 @@ def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
     it = 0
     while rr > stop:
         if it >= maxiter:
-            return u, 1, it, np.sqrt(rr) / bnorm
+            return u, 1, it, math.sqrt(rr) / bnorm
         Ap = np.ascontiguousarray(hvp(p), dtype=np.float64).ravel()
         pAp = _dot(pf, Ap)
         if not pAp > 0.0:
-            return u, 2, it, np.sqrt(rr) / bnorm
+            return u, 2, it, math.sqrt(rr) / bnorm
         a = rr / pAp
         rr_new = _cg_step(uf, rf, pf, Ap, a)
         _cg_direction(pf, rf, rr_new / rr)
         rr = rr_new
         it += 1
-    return u, 0, it, np.sqrt(rr) / bnorm
+    return u, 0, it, math.sqrt(rr) / bnorm
 
 
 @dataclass(frozen=True)
@@ -140,9 +175,16 @@ class ImplicitGradient:
             raise ValueError(f"maxiter must be a positive integer, got {self.maxiter!r}")
 
     def solve_adjoint(self, hvp, b, u0=None) -> AdjointInfo:
-        """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature)."""
-        u, info, its, res = conjugate_gradient(hvp, b, x0=u0, rtol=self.rtol,
-                                               maxiter=self.maxiter)
+        """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature), scale-safe:
+        solved for ``b 2**-k`` at unit scale and scaled back (see
+        :func:`conjugate_gradient`)."""
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        k, bt, u0 = _to_unit_scale(b, u0)
+        info = self._solve_unit(hvp, bt, u0)
+        return replace(info, u=np.ldexp(info.u, k))
+
+    def _solve_unit(self, hvp, b, u0) -> AdjointInfo:
+        u, info, its, res = _cg_unit(hvp, b, u0, self.rtol, self.maxiter)
         method, negative = "cg", info == 2
         if negative:
             u, its2, res = _minres(hvp, b, u, self.rtol, self.maxiter)
@@ -152,7 +194,7 @@ class ImplicitGradient:
         if not converged:
             warnings.warn(f"adjoint {method} stopped at relative residual {res:.2e} > "
                           f"{self.rtol:.1e} after {its} iterations: the gradient is approximate",
-                          AdjointWarning, stacklevel=3)
+                          AdjointWarning, stacklevel=4)
         return AdjointInfo(u=u, iterations=its, residual=float(res), converged=converged,
                            negative_curvature=negative, method=method)
 
@@ -173,9 +215,14 @@ class ImplicitGradient:
         with single_threaded_blas():     # the kernels' Numba threads own the cores
             hvp = (model.hessian(y_star, x, theta, serial=True) if serial
                    else model.hessian(y_star, x, theta))
+            # the adjoint and E_wy^T u at unit scale, the gradient scaled back by 2**k
+            # (exact; g(s b) = s g(b) with the same iterations for any s that does not
+            # overflow g)
             b = np.ascontiguousarray(dl_dy, dtype=np.float64)
-            info = self.solve_adjoint(hvp, b, u0)
-            return -model.mixed_product(y_star, x, theta, info.u, serial=serial), info
+            k, bt, u0 = _to_unit_scale(b, u0)
+            info = self._solve_unit(hvp, bt, u0)
+            g = np.ldexp(-model.mixed_product(y_star, x, theta, info.u, serial=serial), k)
+            return g, replace(info, u=np.ldexp(info.u, k))
 
 
 def _minres(hvp, b, x0, rtol, maxiter):
@@ -189,12 +236,12 @@ def _minres(hvp, b, x0, rtol, maxiter):
 
     def callback(_):
         count[0] += 1
-    bnorm = float(np.linalg.norm(b))
+    bnorm = safe_norm(b)
     u, inner_tol, res = x0.ravel(), rtol, np.inf
     for _ in range(6):
         u, _ = spla.minres(op, b.ravel(), x0=u, rtol=inner_tol,
                            maxiter=max(1, maxiter - count[0]), callback=callback)
-        res = float(np.linalg.norm(b.ravel() - op.matvec(u)) / bnorm)
+        res = safe_norm(b.ravel() - op.matvec(u)) / bnorm
         if res <= rtol or count[0] >= maxiter:
             break
         inner_tol *= max(1e-3, 0.5 * rtol / res)

@@ -24,6 +24,38 @@ def _dot(a, b):
     return s
 
 
+@njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
+def _norm(g):
+    """Scale-safe ||g||_2: sqrt(g . g) when g . g is in range (the usual case, one pass),
+    else rescaled by max|g_i| (sqrt(g . g) is 0 below ~1e-154 and inf above ~1e154)."""
+    s = _dot(g, g)
+    if 1e-280 < s < 1e280:
+        return math.sqrt(s)
+    m = 0.0
+    for i in range(g.size):
+        v = abs(g[i])
+        if not v <= m:
+            m = v
+    if m == 0.0 or not math.isfinite(m):
+        return m
+    t = 0.0
+    for i in range(g.size):
+        v = g[i] / m
+        t += v * v
+    return m * math.sqrt(t)
+
+
+@njit(nogil=True, cache=True)
+def _fg(y, g, args, sc):
+    """The energy and its gradient times ``sc`` (a power of two: exact; 1 almost always)."""
+    f = fg(y, g, args)
+    if sc != 1.0:
+        f *= sc
+        for i in range(g.size):
+            g[i] *= sc
+    return f
+
+
 @njit(nogil=True, cache=True)
 def _step_to(y, d, a, out):
     for i in range(y.size):
@@ -59,7 +91,7 @@ def _extrapolate(a0, d0, a1, d1):
 
 
 @njit(nogil=True, cache=True)
-def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
+def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
     """Strong-Wolfe line search along ``d`` from ``y``.
 
     On success the accepted point is in ``y_t``/``g_t``; returns ``(a, f, n_evals, ok)``.
@@ -75,7 +107,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     bracketed = False
     while nev < max_evals:
         _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         dphi = _dot(g_t, d)
         if not (math.isfinite(f) and math.isfinite(dphi)):
@@ -103,7 +135,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     if not bracketed:             # still descending after max_evals extrapolations: take the last
         if a_prev > 0.0:
             _step_to(y, d, a_prev, y_t)
-            f = fg(y_t, g_t, args)
+            f = _fg(y_t, g_t, args, sc)
             return a_prev, f, nev + 1, True
         return 0.0, f0, nev, False
     # zoom phase: invariant: a_lo satisfies sufficient decrease, has the lowest energy so
@@ -119,7 +151,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
         if width <= 1e-14 * max(1.0, hi):
             break
         _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         dphi = _dot(g_t, d)
         if not (math.isfinite(f) and math.isfinite(dphi)):
@@ -138,7 +170,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     # no Wolfe point found: fall back on the best point with sufficient decrease, if any
     if a_lo > 0.0 and f_lo < f0:
         _step_to(y, d, a_lo, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         return a_lo, f, nev, True
     return 0.0, f0, nev, False
@@ -156,10 +188,22 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     g = np.empty(n)
     f = fg(y, g, args)
     nev = 1
-    gnorm = math.sqrt(_dot(g, g))
+    gnorm = _norm(g)
     if not (math.isfinite(f) and math.isfinite(gnorm)):
         return y, f, gnorm, 0, nev, 3
     tol = max(gtol, rtol * gnorm)
+    # Scale safety: an energy whose gradient is far from unit scale (E times 1e-200, say)
+    # is minimised as 2**-k E with ||2**-k grad|| in [0.5, 1): the curvature pairs' products
+    # (s.y, y.y) would otherwise underflow or overflow. The iterates do not depend on the
+    # energy's scale (L-BFGS and the Wolfe tests are scale-invariant); the scaling is exact.
+    sc = 1.0
+    if gnorm > 0.0 and not (1e-100 < gnorm < 1e100):
+        sc = math.ldexp(1.0, -math.frexp(gnorm)[1])
+        f *= sc
+        for i in range(n):
+            g[i] *= sc
+        gnorm *= sc
+        tol *= sc
     S = np.zeros((history, n))
     Yd = np.zeros((history, n))
     rho = np.zeros(history)
@@ -211,7 +255,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
                 d[i] = -g[i] / gnorm
             dphi0 = -gnorm
         a, f_new, k, ok = _line_search(args, y, f, d, dphi0, 1.0, c1, c2,
-                                       max_evals_per_search, y_t, g_t)
+                                       max_evals_per_search, y_t, g_t, sc)
         nev += k
         if not ok:
             if count > 0:              # drop the curvature memory and retry once
@@ -234,6 +278,6 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
         y, y_t = y_t, y
         g, g_t = g_t, g
         f = f_new
-        gnorm = math.sqrt(_dot(g, g))
+        gnorm = _norm(g)
         it += 1
-    return y, f, gnorm, it, nev, status
+    return y, f / sc, gnorm / sc, it, nev, status
