@@ -95,8 +95,18 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
     """Strong-Wolfe line search along ``d`` from ``y``.
 
     On success the accepted point is in ``y_t``/``g_t``; returns ``(a, f, n_evals, ok)``.
+
+    The flat band: energies within ``eps_f`` of ``f0`` (either side) cannot be told
+    apart (rounding: on the hard 24x5x5 case E ~ 1e6 is computed to a few ulp, ~1e-9,
+    while a step near ||grad|| ~ 1e-6 lowers it by ~1e-13). Two points in the band are
+    never ordered by their energies (that was the line search's failure on Train400
+    test_011, issue 17a: the zoom rejected a point with f - f0 = +7e-10 of noise and
+    |phi'| = 0.36 |phi'(0)|, then bisected towards 0 until its budget ran out); the sign
+    of phi' decides, and the zoom steps to the zero of the secant of phi' instead of a
+    cubic through noisy energies.
     """
     eps_f = 1e3 * 2.220446049250313e-16 * abs(f0)
+    band_lo, band = f0 - eps_f, f0 + eps_f
     a_prev, f_prev, dphi_prev = 0.0, f0, dphi0
     a = a1
     nev = 0
@@ -117,7 +127,8 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
             break
         armijo = f <= f0 + c1 * a * dphi0
         approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or (nev > 1 and f >= f_prev):
+        flat = band_lo <= f <= band and band_lo <= f_prev <= band
+        if (not (armijo or approx)) or (nev > 1 and f >= f_prev and not flat):
             a_lo, f_lo, d_lo = a_prev, f_prev, dphi_prev
             a_hi, f_hi, d_hi = a, f, dphi
             bracketed = True
@@ -145,7 +156,10 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
         width = hi - lo
         a = np.nan
         if math.isfinite(f_hi) and math.isfinite(d_hi):
-            a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
+            if band_lo <= f_lo <= band and band_lo <= f_hi <= band and d_hi != d_lo:
+                a = a_lo - d_lo * (a_hi - a_lo) / (d_hi - d_lo)    # flat band: secant of phi'
+            else:
+                a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
         if not (math.isfinite(a) and lo + 0.1 * width <= a <= hi - 0.1 * width):
             a = 0.5 * (a_lo + a_hi)
         if width <= 1e-14 * max(1.0, hi):
@@ -159,7 +173,8 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
             continue
         armijo = f <= f0 + c1 * a * dphi0
         approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or f >= f_lo:
+        flat = band_lo <= f <= band and band_lo <= f_lo <= band
+        if (not (armijo or approx)) or (f >= f_lo and not flat):
             a_hi, f_hi, d_hi = a, f, dphi
         else:
             if abs(dphi) <= -c2 * dphi0:
@@ -168,7 +183,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
                 a_hi, f_hi, d_hi = a_lo, f_lo, d_lo
             a_lo, f_lo, d_lo = a, f, dphi
     # no Wolfe point found: fall back on the best point with sufficient decrease, if any
-    if a_lo > 0.0 and f_lo < f0:
+    if a_lo > 0.0 and (f_lo < f0 or f_lo <= band):
         _step_to(y, d, a_lo, y_t)
         f = _fg(y_t, g_t, args, sc)
         nev += 1
