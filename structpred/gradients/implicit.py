@@ -27,6 +27,12 @@ from numba import njit
 
 from structpred.kernels.threads import single_threaded_blas
 from structpred.numerics import norm2, pow2_exponent, safe_norm
+from structpred.solvers.precond import (
+    PRECONDITIONERS, fourier_preconditioner, select_symbol,
+)
+
+#: "auto" preconditions when the symbol's condition number is at least this
+PRECOND_MIN_COND = 100.0
 
 
 class AdjointWarning(RuntimeWarning):
@@ -87,8 +93,10 @@ def _to_unit_scale(b, x0):
     return k, bt, x0
 
 
-def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
-    """Solve ``A u = b`` for symmetric positive definite ``A`` given as ``hvp(v) = A v``.
+def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000, precond=None):
+    """Solve ``A u = b`` for symmetric positive definite ``A`` given as ``hvp(v) = A v``;
+    ``precond(r)``, if given, applies a symmetric positive definite approximation of
+    ``A^-1`` (preconditioned CG; the stopping test is on the true residual all the same).
 
     Stops when ``||b - A u|| <= rtol * ||b||`` (info 0), after ``maxiter`` iterations
     (info 1), or when a search direction has ``p^T A p <= 0`` (info 2: A is not positive
@@ -110,11 +118,11 @@ def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
     """
     b = np.ascontiguousarray(b, dtype=np.float64)
     k, bt, x0 = _to_unit_scale(b, x0)
-    u, info, its, res = _cg_unit(hvp, bt, x0, rtol, maxiter)
+    u, info, its, res = _cg_unit(hvp, bt, x0, rtol, maxiter, precond)
     return np.ldexp(u, k), info, its, res
 
 
-def _cg_unit(hvp, b, x0, rtol, maxiter):
+def _cg_unit(hvp, b, x0, rtol, maxiter, precond=None):
     """CG on a right-hand side of unit scale (see :func:`conjugate_gradient`)."""
     flat = b.ravel()
     bnorm = float(norm2(flat))
@@ -130,10 +138,18 @@ def _cg_unit(hvp, b, x0, rtol, maxiter):
             u = r = None
     if u is None:
         u, r = np.zeros_like(b), b.copy()
-    p = r.copy()
-    uf, rf, pf = u.ravel(), r.ravel(), p.ravel()
+    uf, rf = u.ravel(), r.ravel()
     rr = _dot(rf, rf)
     stop = (rtol * bnorm) ** 2
+    if precond is None:
+        z = None
+        p = r.copy()
+        rz = rr
+    else:
+        z = np.ascontiguousarray(precond(r), dtype=np.float64).ravel()
+        p = z.copy().reshape(b.shape)
+        rz = _dot(rf, z)
+    pf = p.ravel()
     it = 0
     while rr > stop:
         if it >= maxiter:
@@ -142,10 +158,16 @@ def _cg_unit(hvp, b, x0, rtol, maxiter):
         pAp = _dot(pf, Ap)
         if not pAp > 0.0:
             return u, 2, it, math.sqrt(rr) / bnorm
-        a = rr / pAp
-        rr_new = _cg_step(uf, rf, pf, Ap, a)
-        _cg_direction(pf, rf, rr_new / rr)
-        rr = rr_new
+        a = rz / pAp
+        rr = _cg_step(uf, rf, pf, Ap, a)
+        if precond is None:
+            rz_new = rr
+            _cg_direction(pf, rf, rz_new / rz)
+        else:
+            z = np.ascontiguousarray(precond(r), dtype=np.float64).ravel()
+            rz_new = _dot(rf, z)
+            _cg_direction(pf, z, rz_new / rz)
+        rz = rz_new
         it += 1
     return u, 0, it, math.sqrt(rr) / bnorm
 
@@ -160,10 +182,21 @@ class ImplicitGradient:
         Relative residual tolerance of the adjoint solve ``||E_yy u - b|| <= rtol ||b||``.
     maxiter : int
         Maximum CG iterations (and MINRES iterations if it falls back).
+    preconditioner : {"auto", "fft", None}
+        ``"fft"``: preconditioned CG (and MINRES) with the model's Fourier symbol of E_yy's
+        quadratic part (:meth:`EnergyModel.hessian_symbol`; two FFTs per iteration);
+        ``None``: plain CG; ``"auto"`` (default): ``"fft"`` when the symbol's condition
+        number is at least ``precond_min_cond``, else plain CG (the FFTs cost more than the
+        iterations they save on well-conditioned systems). Models without a symbol run
+        unpreconditioned.
+    precond_min_cond : float
+        The threshold of ``"auto"``.
     """
 
     rtol: float = 1e-8
     maxiter: int = 2000
+    preconditioner: str | None = "auto"
+    precond_min_cond: float = PRECOND_MIN_COND
 
     #: the prediction is the inner solver's minimiser, so the solver's convergence matters
     uses_argmin: ClassVar[bool] = True
@@ -173,21 +206,31 @@ class ImplicitGradient:
             raise ValueError(f"rtol must be positive, got {self.rtol!r}")
         if not (isinstance(self.maxiter, (int, np.integer)) and self.maxiter >= 1):
             raise ValueError(f"maxiter must be a positive integer, got {self.maxiter!r}")
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
+                             f"{self.preconditioner!r}")
+        if not self.precond_min_cond >= 1:
+            raise ValueError(f"precond_min_cond must be >= 1, got {self.precond_min_cond!r}")
 
-    def solve_adjoint(self, hvp, b, u0=None) -> AdjointInfo:
+    def precond_for(self, model, x, theta):
+        """The preconditioner this strategy uses for ``model`` at (x, theta), or None."""
+        S = select_symbol(model, x, theta, self.preconditioner, self.precond_min_cond)
+        return None if S is None else fourier_preconditioner(S, np.shape(x))
+
+    def solve_adjoint(self, hvp, b, u0=None, precond=None) -> AdjointInfo:
         """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature), scale-safe:
         solved for ``b 2**-k`` at unit scale and scaled back (see
         :func:`conjugate_gradient`)."""
         b = np.ascontiguousarray(b, dtype=np.float64)
         k, bt, u0 = _to_unit_scale(b, u0)
-        info = self._solve_unit(hvp, bt, u0)
+        info = self._solve_unit(hvp, bt, u0, precond)
         return replace(info, u=np.ldexp(info.u, k))
 
-    def _solve_unit(self, hvp, b, u0) -> AdjointInfo:
-        u, info, its, res = _cg_unit(hvp, b, u0, self.rtol, self.maxiter)
+    def _solve_unit(self, hvp, b, u0, precond=None) -> AdjointInfo:
+        u, info, its, res = _cg_unit(hvp, b, u0, self.rtol, self.maxiter, precond)
         method, negative = "cg", info == 2
         if negative:
-            u, its2, res = _minres(hvp, b, u, self.rtol, self.maxiter)
+            u, its2, res = _minres(hvp, b, u, self.rtol, self.maxiter, precond)
             its += its2
             method = "cg+minres"
         converged = bool(res <= self.rtol * (1 + 1e-9))
@@ -220,18 +263,20 @@ class ImplicitGradient:
             # overflow g)
             b = np.ascontiguousarray(dl_dy, dtype=np.float64)
             k, bt, u0 = _to_unit_scale(b, u0)
-            info = self._solve_unit(hvp, bt, u0)
+            info = self._solve_unit(hvp, bt, u0, self.precond_for(model, x, theta))
             g = np.ldexp(-model.mixed_product(y_star, x, theta, info.u, serial=serial), k)
             return g, replace(info, u=np.ldexp(info.u, k))
 
 
-def _minres(hvp, b, x0, rtol, maxiter):
+def _minres(hvp, b, x0, rtol, maxiter, precond=None):
     """MINRES to a true relative residual ``||b - A u|| <= rtol ||b||``: SciPy's stopping test
     is relative to ``||A|| ||u|| + ||b||``, so it is re-run (warm) with a tighter internal
     tolerance until the true residual meets ``rtol`` or the iteration budget is spent."""
     shape = b.shape
     op = spla.LinearOperator((b.size, b.size), dtype=np.float64,
                              matvec=lambda v: hvp(v.reshape(shape)).ravel())
+    M = None if precond is None else spla.LinearOperator(
+        (b.size, b.size), dtype=np.float64, matvec=lambda v: precond(v.reshape(shape)).ravel())
     count = [0]
 
     def callback(_):
@@ -239,7 +284,7 @@ def _minres(hvp, b, x0, rtol, maxiter):
     bnorm = safe_norm(b)
     u, inner_tol, res = x0.ravel(), rtol, np.inf
     for _ in range(6):
-        u, _ = spla.minres(op, b.ravel(), x0=u, rtol=inner_tol,
+        u, _ = spla.minres(op, b.ravel(), x0=u, rtol=inner_tol, M=M,
                            maxiter=max(1, maxiter - count[0]), callback=callback)
         res = safe_norm(b.ravel() - op.matvec(u)) / bnorm
         if res <= rtol or count[0] >= maxiter:

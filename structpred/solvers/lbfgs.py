@@ -31,6 +31,7 @@ import numpy as np
 
 from structpred.kernels import codegen
 from structpred.kernels.threads import single_threaded_blas
+from structpred.solvers.precond import PRECONDITIONERS, select_symbol
 from structpred.solvers.result import SolveResult, Status
 
 _TEMPLATE = os.path.join(os.path.dirname(__file__), "_lbfgs_template.py")
@@ -41,8 +42,9 @@ _LOCK = threading.Lock()
 
 def loop_for(fg):
     """The L-BFGS loop ``lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2,
-    max_evals)`` compiled against the energy-gradient kernel ``fg``; returns ``(y, E,
-    ||grad||, iterations, energy evaluations, status code)`` (codes of :class:`Status`).
+    max_evals, pinv)`` (``pinv``: 1 / a Fourier symbol, or an empty array) compiled
+    against the energy-gradient kernel ``fg``; returns ``(y, E, ||grad||, iterations,
+    energy evaluations, status code)`` (codes of :class:`Status`).
 
     A kernel from a generated module (the filter-bank kernels) is imported by name into a
     generated copy of the loop, which Numba caches on disk: a new process loads it instead
@@ -91,6 +93,15 @@ class LBFGS:
         Wolfe constants (sufficient decrease, curvature), ``0 < c1 < c2 < 1``.
     max_linesearch : int
         Maximum energy evaluations in one line search.
+    preconditioner : {"auto", "fft", None}
+        ``"fft"``: the initial inverse Hessian of every iteration is ``(s.y / y.M y) M``
+        with ``M`` the inverse of the model's Fourier symbol of E_yy's quadratic part
+        (:meth:`EnergyModel.hessian_symbol`; four FFTs per iteration, in object mode);
+        ``None``: ``(s.y / y.y) I``; ``"auto"`` (default): ``"fft"`` when the symbol's
+        condition number is at least ``precond_min_cond``. The stopping rule is unchanged.
+    precond_min_cond : float
+        The threshold of ``"auto"`` (the default cases' symbols: 3-13; the hard cases',
+        unit-norm filters: 600-1200).
     """
 
     gtol: float = 1e-6
@@ -100,6 +111,8 @@ class LBFGS:
     c1: float = 1e-4
     c2: float = 0.9
     max_linesearch: int = 30
+    preconditioner: str | None = "auto"
+    precond_min_cond: float = 100.0
 
     def __post_init__(self):
         if not (self.gtol >= 0 and self.rtol >= 0 and (self.gtol > 0 or self.rtol > 0)):
@@ -113,6 +126,17 @@ class LBFGS:
             raise ValueError(f"need 0 < c1 < c2 < 1, got c1={self.c1}, c2={self.c2}")
         if not self.max_linesearch >= 2:
             raise ValueError(f"max_linesearch must be >= 2, got {self.max_linesearch}")
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
+                             f"{self.preconditioner!r}")
+        if not self.precond_min_cond >= 1:
+            raise ValueError(f"precond_min_cond must be >= 1, got {self.precond_min_cond!r}")
+
+    def _inverse_symbol(self, model, x, theta):
+        """1 / the model's Fourier symbol if this solve is preconditioned, else an empty
+        array (the loop's "no preconditioner")."""
+        S = select_symbol(model, x, theta, self.preconditioner, self.precond_min_cond)
+        return np.zeros((0, 0)) if S is None else np.ascontiguousarray(1.0 / S)
 
     def minimize(self, model, x, theta, y0=None, *, serial: bool = False) -> SolveResult:
         """Minimise ``model``'s energy over y for input ``x`` from ``y0`` (default: ``x``).
@@ -123,9 +147,10 @@ class LBFGS:
         y0, x, theta = model.check_inputs(y0, x, theta)
         fg, args = model.objective(x, theta, serial=True) if serial else model.objective(x, theta)
         with single_threaded_blas():     # the kernels' Numba threads own the cores
+            pinv = self._inverse_symbol(model, x, theta)
             y, f, gnorm, it, nev, status = loop_for(fg)(
                 args, np.ascontiguousarray(y0).ravel(), float(self.gtol), float(self.rtol),
                 int(self.maxiter), int(self.history), float(self.c1), float(self.c2),
-                int(self.max_linesearch))
+                int(self.max_linesearch), pinv)
         return SolveResult(y=y.reshape(x.shape), energy=float(f), grad_norm=float(gnorm),
                            iterations=int(it), n_evals=int(nev), status=Status(status))
