@@ -3,8 +3,9 @@ the JAX + jaxopt peer (../shared/peer) when its venv is installed. Prints one ta
 
 Test case (the peer's, ../shared/peer/README.md): train400/test_001.png centre 180x180, noise
 sigma 25 (numpy default_rng(0)), DCT filters times 1/sigma (alpha = 1, lam = 4/sigma^2), MAP from
-y0 = x to ||grad_y E||_2 <= 1e-6, adjoint CG to 1e-8 relative; the hard case is (24, 5) with
-filter scale 1 and lam scale 25. Filters use basis="free" so that dL/dtheta is dL/dF, the
+y0 = x to ||grad_y E||_2 <= 1e-6, adjoint CG to 1e-8 relative; the hard cases are (24, 5) and
+(48, 7) with filter scale 1 and lam scale 25. Deterministic work counts (iterations,
+evaluations, HVPs) of the same cases, with any solver options: experiments/iteration_counts.py. Filters use basis="free" so that dL/dtheta is dL/dF, the
 peer's gradient, compared entry by entry.
 
     python experiments/bench_engine.py                  # everything (~10-15 min on 2 cores)
@@ -376,6 +377,7 @@ def main():
              ("48x7x7", 48, 7, 1 / SIGMA, 4.0)]
     if not args.no_hard:
         cases.append(("hard 24x5x5", 24, 5, 1.0, 25.0))
+        cases.append(("hard 48x7x7", 48, 7, 1.0, 25.0))
     sections = set(args.sections.split(","))
     if "cases" in sections:
         for label, K, m, fs, ls in cases:

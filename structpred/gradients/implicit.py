@@ -16,8 +16,9 @@ indefinite systems, and record the switch in the diagnostics.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,13 @@ import scipy.sparse.linalg as spla
 from numba import njit
 
 from structpred.kernels.threads import single_threaded_blas
+from structpred.numerics import norm2, pow2_exponent, safe_norm
+from structpred.solvers.precond import (
+    PRECONDITIONERS, fourier_preconditioner, select_symbol,
+)
+
+#: "auto" preconditions when the symbol's condition number is at least this
+PRECOND_MIN_COND = 100.0
 
 
 class AdjointWarning(RuntimeWarning):
@@ -72,12 +80,33 @@ def _cg_direction(p, r, beta):
         p[i] = r[i] + beta * p[i]
 
 
-def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
-    """Solve ``A u = b`` for symmetric positive definite ``A`` given as ``hvp(v) = A v``.
+def _to_unit_scale(b, x0):
+    """(k, b 2**-k, x0 2**-k) with max|b 2**-k| in [0.5, 1): exact, and every squared norm
+    of the solve is then in range whatever the scale of b. A warm start that does not
+    survive the rescaling (overflow) is dropped."""
+    k = pow2_exponent(b)
+    bt = np.ldexp(b, -k)
+    if x0 is not None:
+        x0 = np.ldexp(np.asarray(x0, dtype=np.float64).reshape(b.shape), -k)
+        if not np.all(np.isfinite(x0)):
+            x0 = None
+    return k, bt, x0
+
+
+def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000, precond=None):
+    """Solve ``A u = b`` for symmetric positive definite ``A`` given as ``hvp(v) = A v``;
+    ``precond(r)``, if given, applies a symmetric positive definite approximation of
+    ``A^-1`` (preconditioned CG; the stopping test is on the true residual all the same).
 
     Stops when ``||b - A u|| <= rtol * ||b||`` (info 0), after ``maxiter`` iterations
     (info 1), or when a search direction has ``p^T A p <= 0`` (info 2: A is not positive
     definite along p; ``u`` is the last good iterate).
+
+    Scale-safe: the system is solved for ``b 2**-k`` with ``max|b 2**-k|`` in [0.5, 1) and
+    the answer scaled back (exact), so the squared norms of the stopping test neither
+    underflow nor overflow (before: at ||b|| ~ 1e-155 the test never held, and the
+    iteration ran to maxiter and diverged; at 1e160 it returned NaN), and
+    ``u(s b) = s u(b)`` with the same iteration count for every s that does not overflow u.
 
     The vector updates are small Numba kernels (serial, no BLAS): numpy's BLAS threads
     and the kernels' Numba threads would otherwise fight over the cores (measured: 10-30x
@@ -88,31 +117,59 @@ def conjugate_gradient(hvp, b, *, x0=None, rtol=1e-8, maxiter=1000):
     u, info, iterations, relative residual
     """
     b = np.ascontiguousarray(b, dtype=np.float64)
+    k, bt, x0 = _to_unit_scale(b, x0)
+    u, info, its, res = _cg_unit(hvp, bt, x0, rtol, maxiter, precond)
+    return np.ldexp(u, k), info, its, res
+
+
+def _cg_unit(hvp, b, x0, rtol, maxiter, precond=None):
+    """CG on a right-hand side of unit scale (see :func:`conjugate_gradient`)."""
     flat = b.ravel()
-    bnorm = float(np.sqrt(_dot(flat, flat)))
+    bnorm = float(norm2(flat))
     if bnorm == 0.0:
         return np.zeros_like(b), 0, 0, 0.0
-    u = np.zeros_like(b) if x0 is None else np.array(x0, dtype=np.float64).reshape(b.shape)
-    r = b - hvp(u) if x0 is not None else b.copy()
-    r = np.ascontiguousarray(r, dtype=np.float64)
-    p = r.copy()
-    uf, rf, pf = u.ravel(), r.ravel(), p.ravel()
+    u = r = None
+    if x0 is not None:
+        # a warm start is kept only if it beats u = 0 (one at another scale, say from an
+        # earlier right-hand side 1e300 times larger, would give a residual of 1e300 ||b||)
+        u = np.array(x0, dtype=np.float64).reshape(b.shape)
+        r = np.ascontiguousarray(b - hvp(u), dtype=np.float64)
+        if not norm2(r.ravel()) < bnorm:
+            u = r = None
+    if u is None:
+        u, r = np.zeros_like(b), b.copy()
+    uf, rf = u.ravel(), r.ravel()
     rr = _dot(rf, rf)
     stop = (rtol * bnorm) ** 2
+    if precond is None:
+        z = None
+        p = r.copy()
+        rz = rr
+    else:
+        z = np.ascontiguousarray(precond(r), dtype=np.float64).ravel()
+        p = z.copy().reshape(b.shape)
+        rz = _dot(rf, z)
+    pf = p.ravel()
     it = 0
     while rr > stop:
         if it >= maxiter:
-            return u, 1, it, np.sqrt(rr) / bnorm
+            return u, 1, it, math.sqrt(rr) / bnorm
         Ap = np.ascontiguousarray(hvp(p), dtype=np.float64).ravel()
         pAp = _dot(pf, Ap)
         if not pAp > 0.0:
-            return u, 2, it, np.sqrt(rr) / bnorm
-        a = rr / pAp
-        rr_new = _cg_step(uf, rf, pf, Ap, a)
-        _cg_direction(pf, rf, rr_new / rr)
-        rr = rr_new
+            return u, 2, it, math.sqrt(rr) / bnorm
+        a = rz / pAp
+        rr = _cg_step(uf, rf, pf, Ap, a)
+        if precond is None:
+            rz_new = rr
+            _cg_direction(pf, rf, rz_new / rz)
+        else:
+            z = np.ascontiguousarray(precond(r), dtype=np.float64).ravel()
+            rz_new = _dot(rf, z)
+            _cg_direction(pf, z, rz_new / rz)
+        rz = rz_new
         it += 1
-    return u, 0, it, np.sqrt(rr) / bnorm
+    return u, 0, it, math.sqrt(rr) / bnorm
 
 
 @dataclass(frozen=True)
@@ -125,6 +182,15 @@ class ImplicitGradient:
         Relative residual tolerance of the adjoint solve ``||E_yy u - b|| <= rtol ||b||``.
     maxiter : int
         Maximum CG iterations (and MINRES iterations if it falls back).
+    preconditioner : {"auto", "fft", None}
+        ``"fft"``: preconditioned CG (and MINRES) with the model's Fourier symbol of E_yy's
+        quadratic part (:meth:`EnergyModel.hessian_symbol`; two FFTs per iteration);
+        ``None``: plain CG; ``"auto"`` (default): ``"fft"`` when the symbol's condition
+        number is at least ``precond_min_cond``, else plain CG (the FFTs cost more than the
+        iterations they save on well-conditioned systems). Models without a symbol run
+        unpreconditioned.
+    precond_min_cond : float
+        The threshold of ``"auto"``.
 
     The default ``rtol=1e-8`` is for an accurate gradient (the API, the finite-difference
     checks). The training config ``configs/gradient/implicit.yaml`` uses ``rtol=1e-6`` on
@@ -134,6 +200,8 @@ class ImplicitGradient:
 
     rtol: float = 1e-8
     maxiter: int = 2000
+    preconditioner: str | None = "auto"
+    precond_min_cond: float = PRECOND_MIN_COND
 
     #: the prediction is the inner solver's minimiser, so the solver's convergence matters
     uses_argmin: ClassVar[bool] = True
@@ -143,21 +211,38 @@ class ImplicitGradient:
             raise ValueError(f"rtol must be positive, got {self.rtol!r}")
         if not (isinstance(self.maxiter, (int, np.integer)) and self.maxiter >= 1):
             raise ValueError(f"maxiter must be a positive integer, got {self.maxiter!r}")
+        if self.preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
+                             f"{self.preconditioner!r}")
+        if not self.precond_min_cond >= 1:
+            raise ValueError(f"precond_min_cond must be >= 1, got {self.precond_min_cond!r}")
 
-    def solve_adjoint(self, hvp, b, u0=None) -> AdjointInfo:
-        """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature)."""
-        u, info, its, res = conjugate_gradient(hvp, b, x0=u0, rtol=self.rtol,
-                                               maxiter=self.maxiter)
+    def precond_for(self, model, x, theta):
+        """The preconditioner this strategy uses for ``model`` at (x, theta), or None."""
+        S = select_symbol(model, x, theta, self.preconditioner, self.precond_min_cond)
+        return None if S is None else fourier_preconditioner(S, np.shape(x))
+
+    def solve_adjoint(self, hvp, b, u0=None, precond=None) -> AdjointInfo:
+        """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature), scale-safe:
+        solved for ``b 2**-k`` at unit scale and scaled back (see
+        :func:`conjugate_gradient`)."""
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        k, bt, u0 = _to_unit_scale(b, u0)
+        info = self._solve_unit(hvp, bt, u0, precond)
+        return replace(info, u=np.ldexp(info.u, k))
+
+    def _solve_unit(self, hvp, b, u0, precond=None) -> AdjointInfo:
+        u, info, its, res = _cg_unit(hvp, b, u0, self.rtol, self.maxiter, precond)
         method, negative = "cg", info == 2
         if negative:
-            u, its2, res = _minres(hvp, b, u, self.rtol, self.maxiter)
+            u, its2, res = _minres(hvp, b, u, self.rtol, self.maxiter, precond)
             its += its2
             method = "cg+minres"
         converged = bool(res <= self.rtol * (1 + 1e-9))
         if not converged:
             warnings.warn(f"adjoint {method} stopped at relative residual {res:.2e} > "
                           f"{self.rtol:.1e} after {its} iterations: the gradient is approximate",
-                          AdjointWarning, stacklevel=3)
+                          AdjointWarning, stacklevel=4)
         return AdjointInfo(u=u, iterations=its, residual=float(res), converged=converged,
                            negative_curvature=negative, method=method)
 
@@ -183,28 +268,35 @@ class ImplicitGradient:
         with single_threaded_blas():     # the kernels' Numba threads own the cores
             hvp = (model.hessian(y_star, x, theta, serial=True) if serial
                    else model.hessian(y_star, x, theta))
+            # the adjoint and E_wy^T u at unit scale, the gradient scaled back by 2**k
+            # (exact; g(s b) = s g(b) with the same iterations for any s that does not
+            # overflow g)
             b = np.ascontiguousarray(dl_dy, dtype=np.float64)
-            info = self.solve_adjoint(hvp, b, u0)
-            return -model.mixed_product(y_star, x, theta, info.u, serial=serial), info
+            k, bt, u0 = _to_unit_scale(b, u0)
+            info = self._solve_unit(hvp, bt, u0, self.precond_for(model, x, theta))
+            g = np.ldexp(-model.mixed_product(y_star, x, theta, info.u, serial=serial), k)
+            return g, replace(info, u=np.ldexp(info.u, k))
 
 
-def _minres(hvp, b, x0, rtol, maxiter):
+def _minres(hvp, b, x0, rtol, maxiter, precond=None):
     """MINRES to a true relative residual ``||b - A u|| <= rtol ||b||``: SciPy's stopping test
     is relative to ``||A|| ||u|| + ||b||``, so it is re-run (warm) with a tighter internal
     tolerance until the true residual meets ``rtol`` or the iteration budget is spent."""
     shape = b.shape
     op = spla.LinearOperator((b.size, b.size), dtype=np.float64,
                              matvec=lambda v: hvp(v.reshape(shape)).ravel())
+    M = None if precond is None else spla.LinearOperator(
+        (b.size, b.size), dtype=np.float64, matvec=lambda v: precond(v.reshape(shape)).ravel())
     count = [0]
 
     def callback(_):
         count[0] += 1
-    bnorm = float(np.linalg.norm(b))
+    bnorm = safe_norm(b)
     u, inner_tol, res = x0.ravel(), rtol, np.inf
     for _ in range(6):
-        u, _ = spla.minres(op, b.ravel(), x0=u, rtol=inner_tol,
+        u, _ = spla.minres(op, b.ravel(), x0=u, rtol=inner_tol, M=M,
                            maxiter=max(1, maxiter - count[0]), callback=callback)
-        res = float(np.linalg.norm(b.ravel() - op.matvec(u)) / bnorm)
+        res = safe_norm(b.ravel() - op.matvec(u)) / bnorm
         if res <= rtol or count[0] >= maxiter:
             break
         inner_tol *= max(1e-3, 0.5 * rtol / res)

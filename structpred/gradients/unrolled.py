@@ -40,6 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from structpred.numerics import safe_norm
 from structpred.solvers.result import SolveResult, Status
 
 
@@ -91,11 +92,11 @@ def estimate_lipschitz(model, x, theta, y, *, iterations: int = 30, seed: int = 
     """
     hvp = model.hessian(y, x, theta)
     v = np.random.default_rng(seed).normal(size=y.shape)
-    v /= np.linalg.norm(v)
+    v /= safe_norm(v)
     lam = 0.0
     for _ in range(iterations):
         w = hvp(v)
-        lam = float(np.linalg.norm(w))
+        lam = safe_norm(w)      # scale-safe: sqrt(w . w) overflows for ||E_yy|| > 1e154
         if lam == 0.0:
             break
         v = w / lam
@@ -309,9 +310,9 @@ class UnrolledGradient:
         a_T = np.ascontiguousarray(dl_dy(y_T), dtype=np.float64)
         grad, recomputed, hvps, peak = fixed._backward(model, x, theta, fg, args,
                                                        checkpoints, a_T)
-        solve = SolveResult(y=model.crop(y_T), energy=float(energy),
-                            grad_norm=float(np.linalg.norm(g_T)), iterations=T, n_evals=T + 1,
-                            status=Status.MAXITER, y_ext=y_T if model.pad else None)
+        solve = SolveResult(y=model.crop(y_T), energy=float(energy), grad_norm=safe_norm(g_T),
+                            iterations=T, n_evals=T + 1, status=Status.MAXITER,
+                            y_ext=y_T if model.pad else None)
         info = UnrolledInfo(steps=T, backprop_steps=K, step_size=float(fixed.step_size),
                             momentum=float(fixed.momentum), checkpoint_every=c,
                             grad_evals=T + 1 + recomputed, hvps=hvps, stored_images=peak,

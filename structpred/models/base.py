@@ -119,6 +119,13 @@ class EnergyModel(abc.ABC):
         """Return the flat vector ``d/dtheta <u, grad_y E(y; x, theta)>`` (= E_wy^T u);
         ``serial`` as in :meth:`objective`."""
 
+    def hessian_symbol(self, x: np.ndarray, theta: np.ndarray):
+        """The Fourier symbol (rfft2 layout, shape (H, W // 2 + 1), positive) of a spatially
+        constant, periodic approximation of E_yy for images of x's shape, used as a
+        preconditioner (:mod:`structpred.solvers.precond`); None (the default): the model
+        has none, and the solvers run unpreconditioned."""
+        return None
+
     def min_image_shape(self) -> tuple[int, int]:
         """The smallest image the model accepts (e.g. the filter size)."""
         return (1, 1)

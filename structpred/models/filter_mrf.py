@@ -39,11 +39,13 @@ Options:
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as sfft
 
 from structpred.data.tasks import make_task
 from structpred.kernels.correlation import valid_shape
 from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess
 from structpred.kernels.filterbank import kernels_for
+from structpred.kernels.penalties import penalty_curv_row
 from structpred.models.base import BOUNDARIES, EnergyModel
 from structpred.models.dct import dct_filters
 from structpred.models.penalties import get_penalty
@@ -227,6 +229,34 @@ class FilterMRF(EnergyModel):
         G = np.empty_like(y)
         e = data_grad(op, y, x, lam, M, k, kf, np.empty_like(y), G)
         return float(e), G
+
+    def hessian_symbol(self, x, theta):
+        """Fourier symbol of ``lam A^T A + sum_k alpha_k rho''(0) C_k^T C_k`` with periodic
+        boundaries (rfft2 layout): the quadratic part of E_yy at responses near 0, a
+        convolution. A^T A: 1 (denoise), |k^|^2 (deblur), the observed fraction (inpaint,
+        a constant: the mask is not a convolution)."""
+        shape = (int(np.shape(x)[0]), int(np.shape(x)[1]))
+        F = self.filter_bank(theta)
+        alpha, lam = self.weights(theta)
+        d2 = np.zeros(1)
+        penalty_curv_row(self.penalty.code, self.scale(theta), 1.0, d2)   # rho''(0)
+        P = np.zeros((len(F),) + shape)
+        m0, m1 = min(F.shape[1], shape[0]), min(F.shape[2], shape[1])
+        P[:, :m0, :m1] = F[:, :m0, :m1]
+        S = ((alpha * d2[0])[:, None, None] * np.abs(sfft.rfft2(P, axes=(1, 2))) ** 2).sum(0)
+        if self.task.identity:
+            data = lam
+        elif self.task.name == "deblur":
+            k = self.task.blur_kernel()
+            Pk = np.zeros(shape)
+            Pk[:min(k.shape[0], shape[0]), :min(k.shape[1], shape[1])] = \
+                k[:shape[0], :shape[1]]
+            data = lam * np.abs(sfft.rfft2(Pk)) ** 2
+        else:
+            data = lam * float(np.mean(self._operator(shape)[1]))
+        S = S + data
+        floor = 1e-12 * float(S.max())      # keeps the symbol positive (deblur: |k^| ~ 0)
+        return np.maximum(S, floor)
 
     def _buffers(self, shape):
         Hv, Wv = valid_shape(shape, (self.filter_size, self.filter_size))

@@ -10,9 +10,25 @@ in every process otherwise. The algorithm is documented in :mod:`structpred.solv
 import math
 
 import numpy as np
-from numba import njit
+import scipy.fft as _sfft
+from numba import njit, objmode
 
 fg = None  # BIND: replaced by the energy-gradient kernel
+
+
+def _fourier_apply(v, pinv):
+    """v <- irfft2(rfft2(v) * pinv) in place (object mode: Numba has no FFT)."""
+    H = pinv.shape[0]
+    W = v.size // H
+    V = _sfft.rfft2(v.reshape(H, W))
+    V *= pinv
+    v[:] = _sfft.irfft2(V, s=(H, W), overwrite_x=True).ravel()
+
+
+@njit(cache=True)   # no nogil: the object-mode block takes the GIL anyway
+def _precondition(v, pinv):
+    with objmode():
+        _fourier_apply(v, pinv)
 
 
 @njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
@@ -22,6 +38,38 @@ def _dot(a, b):
     for i in range(a.size):
         s += a[i] * b[i]
     return s
+
+
+@njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
+def _norm(g):
+    """Scale-safe ||g||_2: sqrt(g . g) when g . g is in range (the usual case, one pass),
+    else rescaled by max|g_i| (sqrt(g . g) is 0 below ~1e-154 and inf above ~1e154)."""
+    s = _dot(g, g)
+    if 1e-280 < s < 1e280:
+        return math.sqrt(s)
+    m = 0.0
+    for i in range(g.size):
+        v = abs(g[i])
+        if not v <= m:
+            m = v
+    if m == 0.0 or not math.isfinite(m):
+        return m
+    t = 0.0
+    for i in range(g.size):
+        v = g[i] / m
+        t += v * v
+    return m * math.sqrt(t)
+
+
+@njit(nogil=True, cache=True)
+def _fg(y, g, args, sc):
+    """The energy and its gradient times ``sc`` (a power of two: exact; 1 almost always)."""
+    f = fg(y, g, args)
+    if sc != 1.0:
+        f *= sc
+        for i in range(g.size):
+            g[i] *= sc
+    return f
 
 
 @njit(nogil=True, cache=True)
@@ -59,12 +107,22 @@ def _extrapolate(a0, d0, a1, d1):
 
 
 @njit(nogil=True, cache=True)
-def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
+def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
     """Strong-Wolfe line search along ``d`` from ``y``.
 
     On success the accepted point is in ``y_t``/``g_t``; returns ``(a, f, n_evals, ok)``.
+
+    The flat band: energies within ``eps_f`` of ``f0`` (either side) cannot be told
+    apart (rounding: on the hard 24x5x5 case E ~ 1e6 is computed to a few ulp, ~1e-9,
+    while a step near ||grad|| ~ 1e-6 lowers it by ~1e-13). Two points in the band are
+    never ordered by their energies (that was the line search's failure on Train400
+    test_011, issue 17a: the zoom rejected a point with f - f0 = +7e-10 of noise and
+    |phi'| = 0.36 |phi'(0)|, then bisected towards 0 until its budget ran out); the sign
+    of phi' decides, and the zoom steps to the zero of the secant of phi' instead of a
+    cubic through noisy energies.
     """
     eps_f = 1e3 * 2.220446049250313e-16 * abs(f0)
+    band_lo, band = f0 - eps_f, f0 + eps_f
     a_prev, f_prev, dphi_prev = 0.0, f0, dphi0
     a = a1
     nev = 0
@@ -75,7 +133,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     bracketed = False
     while nev < max_evals:
         _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         dphi = _dot(g_t, d)
         if not (math.isfinite(f) and math.isfinite(dphi)):
@@ -85,7 +143,8 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
             break
         armijo = f <= f0 + c1 * a * dphi0
         approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or (nev > 1 and f >= f_prev):
+        flat = band_lo <= f <= band and band_lo <= f_prev <= band
+        if (not (armijo or approx)) or (nev > 1 and f >= f_prev and not flat):
             a_lo, f_lo, d_lo = a_prev, f_prev, dphi_prev
             a_hi, f_hi, d_hi = a, f, dphi
             bracketed = True
@@ -103,7 +162,7 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
     if not bracketed:             # still descending after max_evals extrapolations: take the last
         if a_prev > 0.0:
             _step_to(y, d, a_prev, y_t)
-            f = fg(y_t, g_t, args)
+            f = _fg(y_t, g_t, args, sc)
             return a_prev, f, nev + 1, True
         return 0.0, f0, nev, False
     # zoom phase: invariant: a_lo satisfies sufficient decrease, has the lowest energy so
@@ -113,13 +172,16 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
         width = hi - lo
         a = np.nan
         if math.isfinite(f_hi) and math.isfinite(d_hi):
-            a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
+            if band_lo <= f_lo <= band and band_lo <= f_hi <= band and d_hi != d_lo:
+                a = a_lo - d_lo * (a_hi - a_lo) / (d_hi - d_lo)    # flat band: secant of phi'
+            else:
+                a = _cubic_min(a_lo, f_lo, d_lo, a_hi, f_hi, d_hi)
         if not (math.isfinite(a) and lo + 0.1 * width <= a <= hi - 0.1 * width):
             a = 0.5 * (a_lo + a_hi)
         if width <= 1e-14 * max(1.0, hi):
             break
         _step_to(y, d, a, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         dphi = _dot(g_t, d)
         if not (math.isfinite(f) and math.isfinite(dphi)):
@@ -127,7 +189,8 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
             continue
         armijo = f <= f0 + c1 * a * dphi0
         approx = f <= f0 + eps_f and dphi <= (2.0 * c1 - 1.0) * dphi0
-        if (not (armijo or approx)) or f >= f_lo:
+        flat = band_lo <= f <= band and band_lo <= f_lo <= band
+        if (not (armijo or approx)) or (f >= f_lo and not flat):
             a_hi, f_hi, d_hi = a, f, dphi
         else:
             if abs(dphi) <= -c2 * dphi0:
@@ -136,16 +199,17 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t):
                 a_hi, f_hi, d_hi = a_lo, f_lo, d_lo
             a_lo, f_lo, d_lo = a, f, dphi
     # no Wolfe point found: fall back on the best point with sufficient decrease, if any
-    if a_lo > 0.0 and f_lo < f0:
+    if a_lo > 0.0 and (f_lo < f0 or f_lo <= band):
         _step_to(y, d, a_lo, y_t)
-        f = fg(y_t, g_t, args)
+        f = _fg(y_t, g_t, args, sc)
         nev += 1
         return a_lo, f, nev, True
     return 0.0, f0, nev, False
 
 
 @njit(nogil=True, cache=True)
-def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per_search):
+def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per_search,
+                   pinv):
     """Minimise the bound energy-gradient kernel ``fg(y, g, args) -> E`` from ``y0`` (flat).
 
     Returns ``(y, E, ||grad||, iterations, energy evaluations, status)``; status codes are
@@ -156,15 +220,28 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     g = np.empty(n)
     f = fg(y, g, args)
     nev = 1
-    gnorm = math.sqrt(_dot(g, g))
+    gnorm = _norm(g)
     if not (math.isfinite(f) and math.isfinite(gnorm)):
         return y, f, gnorm, 0, nev, 3
     tol = max(gtol, rtol * gnorm)
+    # Scale safety: an energy whose gradient is far from unit scale (E times 1e-200, say)
+    # is minimised as 2**-k E with ||2**-k grad|| in [0.5, 1): the curvature pairs' products
+    # (s.y, y.y) would otherwise underflow or overflow. The iterates do not depend on the
+    # energy's scale (L-BFGS and the Wolfe tests are scale-invariant); the scaling is exact.
+    sc = 1.0
+    if gnorm > 0.0 and not (1e-100 < gnorm < 1e100):
+        sc = math.ldexp(1.0, -math.frexp(gnorm)[1])
+        f *= sc
+        for i in range(n):
+            g[i] *= sc
+        gnorm *= sc
+        tol *= sc
     S = np.zeros((history, n))
     Yd = np.zeros((history, n))
     rho = np.zeros(history)
     al = np.zeros(history)
     d = np.empty(n)
+    My = np.empty(n if pinv.size > 0 else 0)
     y_t = np.empty(n)
     g_t = np.empty(n)
     count = 0      # stored pairs
@@ -188,13 +265,27 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
             Yi = Yd[idx]
             for i in range(n):
                 d[i] -= a_ * Yi[i]
-        if count > 0:
-            yy = _dot(Yd[newest], Yd[newest])
-            gamma = 1.0 / (rho[newest] * yy)
+        if pinv.size == 0:
+            if count > 0:
+                yy = _dot(Yd[newest], Yd[newest])
+                gamma = 1.0 / (rho[newest] * yy)
+            else:
+                gamma = 1.0 / gnorm   # first step: move by at most 1 in the l2 norm
+            for i in range(n):
+                d[i] *= gamma
         else:
-            gamma = 1.0 / gnorm   # first step: move by at most 1 in the l2 norm
-        for i in range(n):
-            d[i] *= gamma
+            # H0 = (s.y / y.M y) M, M = the inverse of the model's Fourier symbol (two FFTs
+            # for M q, two for M y). Measured (issue 17b, from y0 = x): hard 24x5x5
+            # 730 it / 753 evals -> 390 / 413, hard 48x7x7 1041 / 1072 -> 541 / 571;
+            # H0 = M unscaled: 610 / 615 and 895 / 909.
+            _precondition(d, pinv)
+            if count > 0:
+                for i in range(n):
+                    My[i] = Yd[newest, i]
+                _precondition(My, pinv)
+                gamma = 1.0 / (rho[newest] * _dot(Yd[newest], My))
+                for i in range(n):
+                    d[i] *= gamma
         for j in range(count - 1, -1, -1):
             idx = (newest - j) % history
             b_ = rho[idx] * _dot(Yd[idx], d)
@@ -211,7 +302,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
                 d[i] = -g[i] / gnorm
             dphi0 = -gnorm
         a, f_new, k, ok = _line_search(args, y, f, d, dphi0, 1.0, c1, c2,
-                                       max_evals_per_search, y_t, g_t)
+                                       max_evals_per_search, y_t, g_t, sc)
         nev += k
         if not ok:
             if count > 0:              # drop the curvature memory and retry once
@@ -234,6 +325,6 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
         y, y_t = y_t, y
         g, g_t = g_t, g
         f = f_new
-        gnorm = math.sqrt(_dot(g, g))
+        gnorm = _norm(g)
         it += 1
-    return y, f, gnorm, it, nev, status
+    return y, f / sc, gnorm / sc, it, nev, status
