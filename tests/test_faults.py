@@ -294,7 +294,9 @@ def test_midrun_outage_keeps_training_and_sends_metrics_later(tmp_path, monkeypa
         return real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
     store = tmp_path / "store"
-    cfg = compose_cfg(FAST + ["tracking.retry_wait=0"], tmp_path, store=store)
+    # checkpoint.partial=false: the 2nd fsync must be the 2nd checkpoint's, not an image's
+    cfg = compose_cfg(FAST + ["tracking.retry_wait=0", "checkpoint.partial=false"], tmp_path,
+                      store=store)
     # heal once step 1 was kept: the next write (step 2) flushes it first
     real_keep = Tracker._keep
 

@@ -132,6 +132,7 @@ class TrainObjective:
     evaluations: int = 0
     last_indices: list = field(default_factory=list)   #: images of the latest evaluation
     reused: int = 0                    #: image results taken from partial_dir, in total
+    _partial_failed: bool = field(default=False, repr=False)   #: a write failed: stop trying
 
     def __call__(self, theta, indices, warm):
         idx = list(range(len(self.pairs))) if indices is None else [int(i) for i in indices]
@@ -141,9 +142,14 @@ class TrainObjective:
 
         def save(j, item):
             done[todo[j]] = item
-            if self.partial_dir is not None:
-                write_atomic(self.partial_dir / f"{key[:20]}_{todo[j]}.pkl",
-                             pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+            if self.partial_dir is not None and not self._partial_failed:
+                try:
+                    write_atomic(self.partial_dir / f"{key[:20]}_{todo[j]}.pkl",
+                                 pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+                except OSError as exc:   # e.g. disk full: a convenience, never a failure
+                    self._partial_failed = True
+                    log.warning("cannot keep this evaluation's image results in %s (%s); "
+                                "training goes on without them", self.partial_dir, exc)
         if todo:
             batch_loss_and_grad(self.model, theta, [self.pairs[i] for i in todo],
                                 solver=self.solver, gradient=self.gradient,
