@@ -112,6 +112,7 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
                 raise ConfigError("model.filter_size", f"{m} is larger than {key}={size}")
     _check_penalty(cfg)
     _check_tracking(cfg)
+    _check_executor(cfg)
     _check_name(cfg, "solver", SOLVERS)
     for key in ("solver.maxiter", "solver.gtol", "solver.rtol"):
         if OmegaConf.select(cfg, key) is not None:
@@ -158,6 +159,28 @@ def _check_tracking(cfg) -> None:
         if group is not None and key in group:
             _number(cfg, f"tracking.{key}", integer=integer, positive=positive,
                     nonneg=not positive)
+
+
+def _check_executor(cfg) -> None:
+    group = cfg.get("executor")
+    if group is None:
+        return
+    name = group.get("name")
+    if name not in ("local", "ray"):
+        raise ConfigError("executor.name", f"unknown executor {name!r}; allowed: "
+                          "['local', 'ray']")
+    if name != "ray":
+        return
+    for key, nonneg in (("num_actors", False), ("cpus_per_actor", False), ("num_cpus", False),
+                        ("max_restarts", True)):
+        if key in group:
+            _number(cfg, f"executor.{key}", integer=True, positive=not nonneg,
+                    nonneg=nonneg, allow_none=key in ("num_actors", "num_cpus"))
+    address = group.get("address")
+    if address is not None and not (address == "auto" or str(address).startswith("ray://")
+                                    or ":" in str(address)):
+        raise ConfigError("executor.address", f"{address!r}: use null (a local Ray "
+                          "instance), auto, ray://host:port or host:port")
 
 
 def _check_policy(cfg) -> None:
