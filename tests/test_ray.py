@@ -11,6 +11,7 @@ import time
 import mlflow
 import numpy as np
 import pytest
+import ray   # not skipped when missing: the test extra installs it, and CI runs these
 
 import structpred as sp
 import structpred.training.loop as loop
@@ -21,7 +22,6 @@ from structpred.training.executors import LocalExecutor, RayExecutor, RemoteWarm
 from structpred.training.optimizers import WarmStart
 from train_helpers import compose_cfg
 
-ray = pytest.importorskip("ray", reason="pip install -e '.[ray]' (CI installs it)")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -279,7 +279,8 @@ def _init_from(model, ref: str, sigma: float, rescale: bool):
 
 def launcher_threads() -> int | None:
     """Numba threads for a job of a parallel sweep: cores / ``n_jobs`` under the joblib
-    launcher, ``cpus_per_task`` under submitit; None otherwise (all cores)."""
+    launcher, ``cpus_per_task`` under submitit, ``ray.remote.num_cpus`` under the Ray
+    launcher; None otherwise (all cores)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -297,6 +298,9 @@ def launcher_threads() -> int | None:
         return max(1, cores // n)
     if "submitit" in target.lower() and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
+    if "ray_launcher" in target.lower():
+        cpus = OmegaConf.select(launcher, "ray.remote.num_cpus")
+        return int(cpus) if cpus else None
     return None
 
 
