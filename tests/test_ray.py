@@ -95,7 +95,8 @@ def test_killed_actor_is_restarted_and_its_shard_rerun(tmp_path):
     the same warm starts (read back from the object store) and the result is unchanged."""
     import ray_helpers
     ray.cloudpickle.register_pickle_by_value(ray_helpers)
-    model, theta, pairs, _ = _setup(n=4, shape=(24, 24))
+    # 128x128: each shard's images (0.5 MB) go through the object store, as real ones do
+    model, theta, pairs, _ = _setup(n=4, shape=(128, 128))
     marks = tmp_path / "marks"
     marks.mkdir()
     solver = ray_helpers.MarkedLBFGS(gtol=1e-6, marks=str(marks), pause=1.0)

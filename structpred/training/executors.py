@@ -207,11 +207,15 @@ class RayExecutor:
         cls = ray.remote(ShardWorker).options(
             num_cpus=cpus, max_restarts=int(max_restarts),
             max_task_retries=int(max_restarts), runtime_env={"env_vars": env})
-        self._remote_evaluate = None
         self.actors = []
+        # each shard's images in the object store, referenced here for the executor's
+        # lifetime: a restarted actor is constructed again from them (Ray warns that
+        # restarts fail if constructor arguments in the object store go out of scope)
+        self._shards = []
         for k in range(self.num_actors):
             shard = {i: self.pairs[i] for i in range(len(self.pairs)) if self.shard_of[i] == k}
-            self.actors.append(cls.remote(model, solver, gradient, shard, cpus))
+            self._shards.append(ray.put(shard))
+            self.actors.append(cls.remote(model, solver, gradient, self._shards[-1], cpus))
         self._versions: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._next = 0
         self.evaluations = 0
@@ -303,7 +307,7 @@ class RayExecutor:
             ray = _ray()
             for a in self.actors:
                 ray.kill(a, no_restart=True)
-            self.actors = []
+            self.actors, self._shards = [], []
             if self.started and ray.is_initialized():
                 ray.shutdown()
         except Exception as exc:  # noqa: BLE001 - shutting down; nothing to keep
