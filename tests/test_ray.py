@@ -166,3 +166,22 @@ def test_train_checkpoint_resume_with_ray_equals_local(tmp_path, monkeypatch):
     assert run.data.params["executor.name"] == "ray"
     loss = mlflow.MlflowClient().get_metric_history(meta["run_id"], "train/loss")
     assert sorted({m.step for m in loss}) == [0, 1, 2, 3]
+
+
+def test_executor_config_is_checked_and_ray_is_optional(tmp_path, monkeypatch):
+    import sys
+
+    from structpred.training import config as C
+    from structpred.training.executors import make_executor
+    for bad, key in (("executor.cpus_per_actor=0", "executor.cpus_per_actor"),
+                     ("executor.address=somewhere", "executor.address"),
+                     ("executor.max_restarts=-1", "executor.max_restarts")):
+        with pytest.raises(C.ConfigError) as exc:
+            C.validate(compose_cfg(["executor=ray", bad], tmp_path))
+        assert exc.value.key == key
+    C.validate(compose_cfg(["executor=ray", "executor.address=auto"], tmp_path))
+    # import structpred never needs Ray; executor=ray without it is a one-line config error
+    monkeypatch.setitem(sys.modules, "ray", None)
+    cfg = compose_cfg(["executor=ray"], tmp_path)
+    with pytest.raises(C.ConfigError, match=r'pip install -e "\.\[ray\]"'):
+        make_executor(cfg, None, None, None, [(None, None)])

@@ -175,7 +175,8 @@ class RayExecutor:
     ----------
     model, solver, gradient, pairs : as for :class:`TrainObjective`
     address : None (a local Ray instance), ``"auto"`` or ``"ray://host:port"``
-    num_actors : actors (None: the cluster's CPUs / ``cpus_per_actor``, at most one per image)
+    num_actors : actors (None: the cluster's free CPUs / ``cpus_per_actor``, at most one per
+        image)
     cpus_per_actor : Ray CPUs of each actor; its Numba threads and image threads
     num_cpus : CPUs of a local instance (None: the machine's cores)
     max_restarts : restarts of a dead actor (and retries of its task)
@@ -197,7 +198,10 @@ class RayExecutor:
         self.started = init_ray(address, num_cpus)
         cpus = max(1, int(cpus_per_actor))
         if num_actors is None:
-            total = int(ray.cluster_resources().get("CPU", 1))
+            # the CPUs free now (inside a Ray task, e.g. a sweep job on hydra/launcher=ray,
+            # the job's own CPU is taken: asking for all would leave an actor unscheduled)
+            free = int(ray.available_resources().get("CPU", 0))
+            total = free or int(ray.cluster_resources().get("CPU", 1))
             num_actors = max(1, total // cpus)
         self.num_actors = max(1, min(int(num_actors), len(self.pairs)))
         self.shard_of = [i % self.num_actors for i in range(len(self.pairs))]
