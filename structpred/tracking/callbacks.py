@@ -161,6 +161,8 @@ class MlflowSweepCallback(Callback):
         # jobs in other processes on this machine: compile once, here (not for Slurm: its
         # nodes may have other CPUs, and the login node is not the place to compile)
         local_workers = launcher.endswith(("JoblibLauncher", "submitit_launcher.LocalLauncher"))
+        if launcher.endswith("ray_launcher.RayLauncher"):   # a local Ray instance
+            local_workers = not OmegaConf.select(config, "hydra.launcher.ray.init.address")
         if jobs and local_workers and config.get("task_name") != "evaluate":
             warm_kernels(jobs)
         if not self.enabled or not config.get("tracking") or not config.tracking.enabled:

@@ -19,7 +19,7 @@ from structpred.training.checkpoint import (
     PREV_NAME, CheckpointError, load_latest, save_checkpoint,
 )
 from structpred.training.loop import (
-    Interrupted, StopFlag, TrainingFailed, TrainObjective, Trainer, denoise_all,
+    Interrupted, StopFlag, TrainingFailed, Trainer, denoise_all,
 )
 
 log = logging.getLogger("structpred.train")
@@ -221,11 +221,15 @@ def train(cfg: DictConfig) -> float | None:
 
     stop = StopFlag()
     bar = trainer = None
-    fun = TrainObjective(model, solver, gradient, train_set.pairs(), on_image=stop.check,
-                         partial_dir=(ckpt_path.parent / "partial"
-                                      if cfg.checkpoint.get("partial", True) else None))
     status = "FAILED"
+    fun = None
     try:
+        from structpred.training.executors import make_executor
+        # executor=local: threads over images here; executor=ray: actors owning shards
+        fun = make_executor(cfg, model, solver, gradient, train_set.pairs(),
+                            on_image=stop.check,
+                            partial_dir=(ckpt_path.parent / "partial"
+                                         if cfg.checkpoint.get("partial", True) else None))
         with stop, contextlib.ExitStack() as scope:
             log.info("model %s: %d parameters; %d training images",
                      model.name, model.num_params, len(train_set))
@@ -272,7 +276,7 @@ def train(cfg: DictConfig) -> float | None:
                 every = int(cfg.checkpoint.every)
                 if every and st.iteration % every == 0:
                     _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"],
-                          trainer)
+                          trainer, fun)
 
             trainer = Trainer(optimizer, fun, state, on_step,
                               elapsed0=float(meta.get("elapsed", 0.0)),
@@ -285,7 +289,7 @@ def train(cfg: DictConfig) -> float | None:
                 bar = None
             log.info("training stopped: %s", trainer.reason)
             elapsed = history[-1]["wall_time"] if history and "wall_time" in history[-1] else 0
-            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed, trainer)
+            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed, trainer, fun)
             if tracker:
                 tracker.log_artifact(ckpt_path, "checkpoints")
             result = _finish(cfg, model, solver, theta0, state, test_set, val_set, history,
@@ -296,7 +300,7 @@ def train(cfg: DictConfig) -> float | None:
         last = trainer.state if trainer is not None else state
         if last is not None:
             elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
-            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed, trainer)
+            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed, trainer, fun)
             if tracker:
                 tracker.log_artifact(ckpt_path, "checkpoints")
                 tracker.set_tags({"structpred.stop_reason": str(exc)[:5000]})
@@ -313,6 +317,8 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         if bar is not None:
             bar.close()
+        if fun is not None:
+            fun.close()
         if tracker:
             tracker.end(status)
 
@@ -386,16 +392,20 @@ def _validate_into(metrics, model, theta, val_set, solver, cfg, step):
     metrics["val_psnr"] = float(np.mean(_psnrs(ys, val_set)))
 
 
-def _save(path, optimizer, state, cfg, tracker, history, elapsed, trainer=None):
+def _save(path, optimizer, state, cfg, tracker, history, elapsed, trainer=None, executor=None):
     """Checkpoint ``state`` with the metadata and, given the ``trainer``, its rejection
-    memory (counts and events in the metadata; the state it goes back to, if it can)."""
+    memory (counts and events in the metadata; the state it goes back to, if it can).
+    The warm starts are fetched from the ``executor`` if it holds them elsewhere (Ray)."""
+    from dataclasses import replace
     extra = {}
     if trainer is not None and trainer.needs_before and trainer.before is not None:
         extra[BEFORE] = trainer.before
     if not cfg.checkpoint.save_warm:
-        from dataclasses import replace
         state = replace(state, warm=(None,) * len(state.warm))
         extra = {k: replace(v, warm=(None,) * len(v.warm)) for k, v in extra.items()}
+    elif executor is not None:
+        state = replace(state, warm=executor.materialize(state.warm))
+        extra = {k: replace(v, warm=executor.materialize(v.warm)) for k, v in extra.items()}
     meta = {"run_id": tracker.run_id if tracker else None, "history": history,
             "elapsed": float(elapsed), "config": OmegaConf.to_container(cfg, resolve=True)}
     if trainer is not None:

@@ -112,6 +112,7 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
                 raise ConfigError("model.filter_size", f"{m} is larger than {key}={size}")
     _check_penalty(cfg)
     _check_tracking(cfg)
+    _check_executor(cfg)
     _check_name(cfg, "solver", SOLVERS)
     for key in ("solver.maxiter", "solver.gtol", "solver.rtol"):
         if OmegaConf.select(cfg, key) is not None:
@@ -158,6 +159,28 @@ def _check_tracking(cfg) -> None:
         if group is not None and key in group:
             _number(cfg, f"tracking.{key}", integer=integer, positive=positive,
                     nonneg=not positive)
+
+
+def _check_executor(cfg) -> None:
+    group = cfg.get("executor")
+    if group is None:
+        return
+    name = group.get("name")
+    if name not in ("local", "ray"):
+        raise ConfigError("executor.name", f"unknown executor {name!r}; allowed: "
+                          "['local', 'ray']")
+    if name != "ray":
+        return
+    for key, nonneg in (("num_actors", False), ("cpus_per_actor", False), ("num_cpus", False),
+                        ("max_restarts", True)):
+        if key in group:
+            _number(cfg, f"executor.{key}", integer=True, positive=not nonneg,
+                    nonneg=nonneg, allow_none=key in ("num_actors", "num_cpus"))
+    address = group.get("address")
+    if address is not None and not (address == "auto" or str(address).startswith("ray://")
+                                    or ":" in str(address)):
+        raise ConfigError("executor.address", f"{address!r}: use null (a local Ray "
+                          "instance), auto, ray://host:port or host:port")
 
 
 def _check_policy(cfg) -> None:
@@ -256,7 +279,8 @@ def _init_from(model, ref: str, sigma: float, rescale: bool):
 
 def launcher_threads() -> int | None:
     """Numba threads for a job of a parallel sweep: cores / ``n_jobs`` under the joblib
-    launcher, ``cpus_per_task`` under submitit; None otherwise (all cores)."""
+    launcher, ``cpus_per_task`` under submitit, ``ray.remote.num_cpus`` under the Ray
+    launcher; None otherwise (all cores)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -274,6 +298,9 @@ def launcher_threads() -> int | None:
         return max(1, cores // n)
     if "submitit" in target.lower() and launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
+    if "ray_launcher" in target.lower():
+        cpus = OmegaConf.select(launcher, "ray.remote.num_cpus")
+        return int(cpus) if cpus else None
     return None
 
 
