@@ -57,6 +57,15 @@ class BatchResult:
     grad: np.ndarray
     items: list[PairResult] = field(repr=False)
 
+    @classmethod
+    def mean_of(cls, items: Sequence[PairResult]) -> "BatchResult":
+        """The mean loss and gradient of per-image results, summed in the order given (the
+        one definition every executor uses, so that local and distributed evaluations of
+        the same images agree bit for bit)."""
+        n = len(items)
+        return cls(loss=sum(r.loss for r in items) / n, grad=sum(r.grad for r in items) / n,
+                   items=list(items))
+
     @property
     def psnr(self) -> float:
         """Mean PSNR of the predictions."""
@@ -153,6 +162,4 @@ def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarr
         # inside would otherwise race on the process-wide setting)
         with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
             items = list(pool.map(one, range(len(pairs))))
-    n = len(items)
-    return BatchResult(loss=sum(r.loss for r in items) / n,
-                       grad=sum(r.grad for r in items) / n, items=items)
+    return BatchResult.mean_of(items)

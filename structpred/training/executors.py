@@ -278,10 +278,7 @@ class RayExecutor:
             raise
         version = _Version(vid, {k: w for _, (k, _, w) in calls.items()})
         self._versions[vid] = version
-        items = [done[i] for i in idx]
-        n = len(items)
-        res = BatchResult(loss=sum(r.loss for r in items) / n,
-                          grad=sum(r.grad for r in items) / n, items=items)
+        res = BatchResult.mean_of([done[i] for i in idx])
         self.evaluations += 1
         self.last_indices = idx
         new = list(warm)

@@ -155,10 +155,7 @@ class TrainObjective:
                                 solver=self.solver, gradient=self.gradient,
                                 warm=[warm[i] for i in todo], progress=self.on_image,
                                 on_item=save)
-        items = [done[i] for i in idx]
-        n = len(items)
-        res = BatchResult(loss=sum(r.loss for r in items) / n,
-                          grad=sum(r.grad for r in items) / n, items=items)
+        res = BatchResult.mean_of([done[i] for i in idx])
         self.evaluations += 1
         self.last_indices = idx
         new = list(warm)
