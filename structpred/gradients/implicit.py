@@ -28,7 +28,7 @@ from numba import njit
 from structpred.kernels.threads import single_threaded_blas
 from structpred.numerics import norm2, pow2_exponent, safe_norm
 from structpred.solvers.precond import (
-    PRECONDITIONERS, fourier_preconditioner, select_symbol,
+    check_options, fourier_preconditioner, select_symbol,
 )
 
 #: "auto" preconditions when the symbol's condition number is at least this
@@ -211,11 +211,7 @@ class ImplicitGradient:
             raise ValueError(f"rtol must be positive, got {self.rtol!r}")
         if not (isinstance(self.maxiter, (int, np.integer)) and self.maxiter >= 1):
             raise ValueError(f"maxiter must be a positive integer, got {self.maxiter!r}")
-        if self.preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
-                             f"{self.preconditioner!r}")
-        if not self.precond_min_cond >= 1:
-            raise ValueError(f"precond_min_cond must be >= 1, got {self.precond_min_cond!r}")
+        check_options(self.preconditioner, self.precond_min_cond)
 
     def precond_for(self, model, x, theta):
         """The preconditioner this strategy uses for ``model`` at (x, theta), or None."""

@@ -31,7 +31,7 @@ import numpy as np
 
 from structpred.kernels import codegen
 from structpred.kernels.threads import single_threaded_blas
-from structpred.solvers.precond import PRECONDITIONERS, select_symbol
+from structpred.solvers.precond import check_options, select_symbol
 from structpred.solvers.result import SolveResult, Status
 
 _TEMPLATE = os.path.join(os.path.dirname(__file__), "_lbfgs_template.py")
@@ -132,11 +132,7 @@ class LBFGS:
             raise ValueError(f"need 0 < c1 < c2 < 1, got c1={self.c1}, c2={self.c2}")
         if not self.max_linesearch >= 2:
             raise ValueError(f"max_linesearch must be >= 2, got {self.max_linesearch}")
-        if self.preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
-                             f"{self.preconditioner!r}")
-        if not self.precond_min_cond >= 1:
-            raise ValueError(f"precond_min_cond must be >= 1, got {self.precond_min_cond!r}")
+        check_options(self.preconditioner, self.precond_min_cond)
 
     def _inverse_symbol(self, model, x, theta):
         """1 / the model's Fourier symbol if this solve is preconditioned, else an empty

@@ -23,6 +23,16 @@ import scipy.fft as sfft
 PRECONDITIONERS = ("auto", "fft", None, "none")
 
 
+def check_options(preconditioner, min_cond) -> None:
+    """ValueError naming the field if ``preconditioner``/``precond_min_cond`` (the same two
+    fields of ``LBFGS`` and ``ImplicitGradient``) are not allowed values."""
+    if preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got "
+                         f"{preconditioner!r}")
+    if not min_cond >= 1:
+        raise ValueError(f"precond_min_cond must be >= 1, got {min_cond!r}")
+
+
 def select_symbol(model, x, theta, preconditioner, min_cond):
     """The model's symbol if the option ``preconditioner`` ("auto", "fft", None) calls for
     it at (x, theta), else None: none for None, for a model without a symbol, for a
