@@ -107,19 +107,6 @@ def test_preconditioned_scaling_law(case):
         assert np.abs(g / s - g1).max() <= 1e-8 * np.abs(g1).max()
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_filters=3, filter_size=3),
-                                    dict(num_filters=4, filter_size=5, basis="free")])
-def test_preconditioned_lbfgs_reaches_the_gmrf_closed_form(kwargs, case, perturb):
-    from test_solver import gmrf_closed_form
-    model = sp.make_model("gmrf", **kwargs)
-    x, _ = case((13, 12), seed=7)
-    theta = perturb(model, seed=8)
-    exact = gmrf_closed_form(model, x, theta)
-    res = sp.LBFGS(gtol=1e-10, preconditioner="fft").minimize(model, x, theta)
-    assert res.converged and res.grad_norm <= 1e-10
-    assert np.max(np.abs(res.y - exact)) / np.max(np.abs(exact)) < 1e-8
-
-
 def test_preconditioned_lbfgs_same_minimum_well_conditioned(case):
     """Forced on a well-conditioned FoE: the same minimiser (loss to 1e-6 relative)."""
     model = sp.make_model("foe", num_filters=6, filter_size=5)

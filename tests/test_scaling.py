@@ -88,6 +88,14 @@ def test_implicit_gradient_scaling_law(case, name, kw):
         assert info2.converged and close_scaled(g2, g1, s, rtol=1e-6), s
 
 
+def energy_times(model, theta, s):
+    """Parameters whose energy is s times that of ``theta`` (lam and every alpha times s)."""
+    p = model.unpack(theta.copy())
+    p["log_alpha"] = p["log_alpha"] + np.log(s)
+    p["log_lambda"] = p["log_lambda"] + np.log(s)
+    return model.pack(p)
+
+
 @pytest.mark.parametrize("s", [1e-200, 1e-100, 1.0, 1e100, 1e150])
 def test_lbfgs_relative_test_is_scale_free(case, s):
     """E -> s E (lam and alpha times s): the same iterates and iteration count with a purely
@@ -95,10 +103,7 @@ def test_lbfgs_relative_test_is_scale_free(case, s):
     model = sp.make_model("foe", num_filters=4, filter_size=3)
     noisy, _ = case((16, 16))
     theta = model.init_params()
-    p = model.unpack(theta.copy())
-    p["log_alpha"] = p["log_alpha"] + np.log(s)
-    p["log_lambda"] = p["log_lambda"] + np.log(s)
-    theta_s = model.pack(p)
+    theta_s = energy_times(model, theta, s)
     solver = sp.LBFGS(gtol=0.0, rtol=1e-8)
     r1 = solver.minimize(model, noisy, theta)
     rs = solver.minimize(model, noisy, theta_s)
@@ -114,9 +119,6 @@ def test_lipschitz_estimate_is_scale_free(case, s):
     model = sp.make_model("gmrf", num_filters=3, filter_size=3)
     noisy, _ = case((16, 16))
     theta = model.init_params()
-    p = model.unpack(theta.copy())
-    p["log_alpha"] = p["log_alpha"] + np.log(s)
-    p["log_lambda"] = p["log_lambda"] + np.log(s)
     lip1 = estimate_lipschitz(model, noisy, theta, noisy)
-    lips = estimate_lipschitz(model, noisy, model.pack(p), noisy)
+    lips = estimate_lipschitz(model, noisy, energy_times(model, theta, s), noisy)
     assert lips / s == pytest.approx(lip1, rel=1e-9)

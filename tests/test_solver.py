@@ -22,14 +22,15 @@ def gmrf_closed_form(model, x, theta):
     return np.linalg.solve(A, lam * x.ravel()).reshape(H, W)
 
 
+@pytest.mark.parametrize("preconditioner", ["auto", "fft"])
 @pytest.mark.parametrize("kwargs", [dict(num_filters=3, filter_size=3),
                                     dict(num_filters=4, filter_size=5, basis="free")])
-def test_lbfgs_reaches_the_gmrf_closed_form(kwargs, case, perturb):
+def test_lbfgs_reaches_the_gmrf_closed_form(kwargs, preconditioner, case, perturb):
     model = sp.make_model("gmrf", **kwargs)
     x, _ = case((13, 12), seed=7)
     theta = perturb(model, seed=8)
     exact = gmrf_closed_form(model, x, theta)
-    res = sp.LBFGS(gtol=1e-10).minimize(model, x, theta)
+    res = sp.LBFGS(gtol=1e-10, preconditioner=preconditioner).minimize(model, x, theta)
     assert res.converged and res.status == Status.CONVERGED
     assert res.grad_norm <= 1e-10
     assert np.max(np.abs(res.y - exact)) / np.max(np.abs(exact)) < 1e-8
