@@ -8,12 +8,22 @@ import numpy as np
 
 
 class Status(enum.IntEnum):
-    """Why an inner solve stopped (the integer is the Numba solver's info code)."""
+    """Why a solve or a step stopped: the one status vocabulary of the engine.
 
-    CONVERGED = 0           #: the gradient-norm test holds
-    MAXITER = 1             #: maxiter reached before the test held
-    LINESEARCH_FAILED = 2   #: no step with sufficient decrease along a descent direction
-    NONFINITE = 3           #: the energy or its gradient is NaN or Inf at the start
+    Reported by the inner solvers (``SolveResult.status``), the adjoint solve
+    (``AdjointInfo.status``) and the outer optimiser's steps (``StepInfo.status``); each
+    member says which of them use it. The integers 0-3 are the codes the Numba L-BFGS loop
+    returns (its template uses these members, not bare integers).
+    """
+
+    CONVERGED = 0           #: the stopping test holds (inner solve, adjoint solve)
+    MAXITER = 1             #: the iteration budget ran out first (inner, adjoint); the
+    #:                        unrolled heavy-ball solver always stops here (its fixed budget)
+    LINESEARCH_FAILED = 2   #: no step with sufficient decrease (inner solve, outer step)
+    NONFINITE = 3           #: NaN or Inf in the energy or its gradient (inner solve)
+    NEGATIVE_CURVATURE = 4  #: CG met p^T E_yy p <= 0; MINRES took over and converged (adjoint)
+    ACCEPTED = 5            #: the step met the strong Wolfe conditions (outer step)
+    SUFFICIENT_DECREASE = 6  #: the step was accepted on sufficient decrease only (outer step)
 
 
 @dataclass(frozen=True)
