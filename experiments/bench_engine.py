@@ -41,7 +41,7 @@ import numba  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 import structpred as sp  # noqa: E402
-from structpred.kernels.threads import single_threaded_blas  # noqa: E402
+from structpred.kernels.threads import engine_threads  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []     # (figure, structpred, peer / note)
 
@@ -156,7 +156,7 @@ def kernel_rates(model, theta, x, repeats):
     g = np.empty_like(y)
     hvp = model.hessian(x, x, theta)
     v = np.random.default_rng(1).normal(size=x.shape)
-    with single_threaded_blas():
+    with engine_threads():
         # warm-up of 5: the first passes after a pause (a subprocess, a new shape) run
         # slower while the threads wake up (90x90 measured at 2-4x its steady cost)
         te = median_time(lambda: fg(y, g, args), repeats, warm=5)

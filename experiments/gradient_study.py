@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import structpred as sp
-from structpred.gradients import estimate_lipschitz
+from structpred.solvers import estimate_lipschitz
 
 
 def parse_args(argv=None):
@@ -92,7 +92,7 @@ def compare(g, ref):
 
 def condition(model, theta, noisy, y):
     """(largest, smallest) eigenvalue of E_yy at y: power iteration, then on L I - E_yy."""
-    lip = estimate_lipschitz(model, noisy, theta, y, iterations=200)
+    lip = estimate_lipschitz(model.bind(noisy, theta), y, iterations=200)
     hvp = model.hessian(y, noisy, theta)
     v = np.random.default_rng(1).normal(size=y.shape)
     mu = lip

@@ -1,25 +1,24 @@
-"""The training objective: a loss on the argmin, and its gradient, for one image or a batch.
+"""The training objective: a loss on the prediction, and its gradient, for one image or a batch.
 
-One evaluation for a (noisy x, clean t) pair::
+One evaluation for a (noisy x, clean t) pair is two separate steps, a prediction and its
+derivative::
 
-    y  = prediction                     (the argmin of E, or the T-th unrolled iterate)
-    L  = l(y, t)
-    dL/dtheta                           (gradient strategy: implicit by default)
+    energy = model.bind(x, theta)               E(.; x, theta)
+    solve  = solver.minimize(energy, y0=...)    y: the argmin (LBFGS), or the T-th
+                                                heavy-ball iterate (HeavyBall)
+    L      = l(solve.y, t)
+    dL/dtheta, info = gradient.grad(energy, solve, dl/dy)
 
-The gradient strategy decides what the prediction is, through one protocol,
-``gradient.predict_and_grad(model, x, theta, dl_dy, solver=, y0=, u0=)`` returning
-``(solve_result, grad, info)``:
-
-* an *argmin* strategy (:class:`ImplicitGradient`, ``uses_argmin = True``) runs the inner
-  solver to ``y* = argmin_y E(y; x, theta)`` (warm-started from y0 if given) and
-  differentiates the exact minimiser;
-* a *trajectory* strategy (:class:`UnrolledGradient`, :class:`TruncatedGradient`,
-  ``uses_argmin = False``) owns its inner iteration, because its gradient is exact only for
-  the iterate it produced; the solver is not run.
+A (solver, gradient) pair is checked before anything runs (:func:`resolve_pair`): the
+implicit gradient differentiates an argmin and refuses the heavy-ball iterate; an unrolled
+gradient differentiates its own heavy-ball iteration (``gradient.solver``) and refuses any
+other. Without a solver, the gradient's default is used (LBFGS for the implicit gradient,
+the heavy ball for the unrolled ones).
 
 Over a batch the objective is the mean of the per-image losses (so that its scale does not
 depend on the batch size); images are processed on threads, one image per thread with
-single-threaded kernels (``threads=1``: one image at a time with row-parallel kernels).
+serial kernels (``threads=1``: one image at a time with row-parallel kernels). The thread
+layout is decided here, once, by how each image's energy is bound.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import numba
 import numpy as np
 
 from structpred.gradients.implicit import AdjointInfo, ImplicitGradient
-from structpred.kernels.threads import single_threaded_blas
+from structpred.kernels.threads import owns_cores
 from structpred.losses import MSELoss, psnr
 from structpred.solvers import LBFGS, SolveResult
 from structpred.validation import as_image, same_shape
@@ -79,42 +78,59 @@ class BatchResult:
         return sum(not r.solve.converged for r in self.items)
 
 
-def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
-                  y0=None, u0=None, serial=False) -> PairResult:
-    """Loss of the prediction for ``noisy`` against ``clean`` and its gradient in theta.
+def resolve_pair(solver=None, gradient=None):
+    """``(solver, gradient)`` with the defaults filled in (``ImplicitGradient()``, and the
+    gradient's default solver), checked: raises TypeError naming both if the gradient
+    cannot differentiate that solver's prediction."""
+    gradient = ImplicitGradient() if gradient is None else gradient
+    solver = gradient.default_solver() if solver is None else solver
+    gradient.check_solver(solver)
+    return solver, gradient
 
-    The prediction is ``argmin_y E(y; noisy, theta)`` for the default (implicit) gradient,
-    or the T-th iterate of an unrolled strategy's inner iteration.
+
+def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
+                  y0=None, u0=None) -> PairResult:
+    """Loss of the prediction for ``noisy`` against ``clean`` and its gradient in theta:
+    ``loss_and_grad_at(model.bind(noisy, theta), clean, ...)``.
 
     Parameters
     ----------
     model : EnergyModel
-    theta : array, the flat parameters
-    noisy, clean : (H, W) arrays
-    solver : inner solver (default ``LBFGS()``; unused by unrolled strategies)
-    gradient : gradient strategy (default ``ImplicitGradient()``; see ``make_gradient``)
+    theta : (P,) array, the flat parameters
+    noisy, clean : (H, W) arrays, pixels in 0..255
+    solver : the prediction (default: the gradient's, ``LBFGS()`` for the implicit one)
+    gradient : gradient method (default ``ImplicitGradient()``; see ``make_gradient``)
     loss : loss object with ``value``/``grad`` (default ``MSELoss()``)
     y0, u0 : optional warm starts for the prediction and the adjoint solve
-    serial : run the model's kernels on the calling thread only (for threads over images)
+
+    Raises ValueError naming the argument for bad images or parameters, TypeError for a
+    (solver, gradient) pair that is not allowed.
     """
-    solver = LBFGS() if solver is None else solver
-    gradient = ImplicitGradient() if gradient is None else gradient
-    loss = MSELoss() if loss is None else loss
+    solver, gradient = resolve_pair(solver, gradient)
     clean = as_image("clean", clean)
     noisy = as_image("noisy", noisy, min_shape=model.min_image_shape())
     same_shape(("noisy", "clean"), noisy, clean)
-    theta = model.check_params(theta)
-    # all of it, the loss included: one BLAS call (np.vdot) wakes OpenBLAS's threads, which
-    # then spin against the kernels' threads (measured: 8x3x3 MAP + gradient 2.5x slower)
-    with single_threaded_blas():
-        res, g, info = gradient.predict_and_grad(model, noisy, theta,
-                                                 lambda y: loss.grad(y, clean), solver=solver,
-                                                 y0=y0, u0=u0, serial=serial)
-        value = loss.value(res.y, clean)
+    return loss_and_grad_at(model.bind(noisy, theta), clean, solver=solver,
+                            gradient=gradient, loss=loss, y0=y0, u0=u0)
+
+
+@owns_cores
+def loss_and_grad_at(energy, clean, *, solver, gradient, loss=None, y0=None,
+                     u0=None) -> PairResult:
+    """:func:`loss_and_grad` for an energy already bound (``model.bind(noisy, theta,
+    parallel=...)``): the entry point of whoever schedules images on threads (the batch
+    objective, the distributed executors). ``solver`` and ``gradient`` must be a pair
+    allowed by :func:`resolve_pair` (checked)."""
+    gradient.check_solver(solver)
+    loss = MSELoss() if loss is None else loss
+    res = solver.minimize(energy, y0=y0)
+    g, info = gradient.grad(energy, res, loss.grad(res.y, clean), u0=u0)
+    value = loss.value(res.y, clean)
     return PairResult(loss=value, grad=g, y=res.y, solve=res, adjoint=info,
                       psnr=psnr(res.y, clean))
 
 
+@owns_cores
 def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *,
                         solver=None, gradient=None, loss=None, warm: Sequence | None = None,
                         progress=None, threads: int | None = None,
@@ -143,12 +159,19 @@ def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarr
         raise ValueError(f"threads must be a positive integer, got {threads}")
     threads = min(threads, len(pairs))
 
+    solver, gradient = resolve_pair(solver, gradient)
+    theta = model.check_params(theta)
+
     def one(i):
         x, t = pairs[i]
+        t = as_image("clean", t)
+        x = as_image("noisy", x, min_shape=model.min_image_shape())
+        same_shape(("noisy", "clean"), x, t)
         w = None if warm is None else warm[i]
-        r = loss_and_grad(model, theta, x, t, solver=solver, gradient=gradient, loss=loss,
-                          y0=None if w is None else w.y, u0=None if w is None else w.adjoint.u,
-                          serial=threads > 1)
+        # one image per thread: serial kernels; one at a time: row-parallel kernels
+        r = loss_and_grad_at(model.bind(x, theta, parallel=threads == 1), t, solver=solver,
+                             gradient=gradient, loss=loss, y0=None if w is None else w.y,
+                             u0=None if w is None else w.adjoint.u)
         if on_item is not None:
             on_item(i, r)
         if progress is not None:
@@ -158,8 +181,6 @@ def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarr
     if threads == 1:
         items = [one(i) for i in range(len(pairs))]
     else:
-        # BLAS is limited to one thread here once for all workers (the per-call limits
-        # inside would otherwise race on the process-wide setting)
-        with single_threaded_blas(), ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(threads) as pool:
             items = list(pool.map(one, range(len(pairs))))
     return BatchResult.mean_of(items)

@@ -83,19 +83,19 @@ def denoise_batch(trained, images, threads: int | None = None, progress=None):
     """``argmin_y E`` of every image, one image per thread (single-threaded kernels)."""
     import numba
 
-    from structpred.kernels.threads import single_threaded_blas
     threads = numba.get_num_threads() if threads is None else int(threads)
 
     def one(x):
-        r = trained.solver.minimize(trained.model, x, trained.theta, serial=threads > 1)
+        # one image per thread: serial kernels; one at a time: row-parallel kernels
+        r = trained.solver.minimize(trained.model.bind(x, trained.theta,
+                                                       parallel=threads <= 1))
         if progress is not None:
             progress()
         return r
-    with single_threaded_blas():
-        if threads <= 1:
-            return [one(x) for x in images]
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(one, images))
+    if threads <= 1:
+        return [one(x) for x in images]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, images))
 
 
 def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=None):

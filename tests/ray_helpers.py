@@ -18,8 +18,8 @@ class MarkedLBFGS(sp.LBFGS):
     marks: str = ""
     pause: float = 0.0
 
-    def minimize(self, model, x, theta, y0=None, *, serial: bool = False):
+    def minimize(self, problem, x=None, theta=None, *, y0=None):
         if self.marks:
             Path(self.marks, str(os.getpid())).touch()
         time.sleep(self.pause)
-        return super().minimize(model, x, theta, y0, serial=serial)
+        return super().minimize(problem, x, theta, y0=y0)

@@ -80,9 +80,9 @@ def test_auto_rule_follows_the_symbols_condition_number(case):
     assert symbol_condition(model.hessian_symbol(noisy, hard)) > 100
     auto = sp.ImplicitGradient()
     assert auto.preconditioner == "auto"
-    assert auto.precond_for(model, noisy, default) is None
-    assert auto.precond_for(model, noisy, hard) is not None
-    assert sp.ImplicitGradient(preconditioner=None).precond_for(model, noisy, hard) is None
+    assert auto.precond_for(model.bind(noisy, default)) is None
+    assert auto.precond_for(model.bind(noisy, hard)) is not None
+    assert sp.ImplicitGradient(preconditioner=None).precond_for(model.bind(noisy, hard)) is None
     with pytest.raises(ValueError, match="preconditioner"):
         sp.ImplicitGradient(preconditioner="jacobi")
 

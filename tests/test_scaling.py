@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import structpred as sp
-from structpred.gradients import conjugate_gradient, estimate_lipschitz
+from structpred.gradients import conjugate_gradient
+from structpred.solvers import estimate_lipschitz
 from structpred.numerics import safe_norm
 
 SCALES = [1e-300, 1e-250, 1e-200, 1e-155, 1e-100, 1e-50, 1e-10, 1.0, 1e10, 1e50, 1e100,
@@ -119,6 +120,6 @@ def test_lipschitz_estimate_is_scale_free(case, s):
     model = sp.make_model("gmrf", num_filters=3, filter_size=3)
     noisy, _ = case((16, 16))
     theta = model.init_params()
-    lip1 = estimate_lipschitz(model, noisy, theta, noisy)
-    lips = estimate_lipschitz(model, noisy, energy_times(model, theta, s), noisy)
+    lip1 = estimate_lipschitz(model.bind(noisy, theta), noisy)
+    lips = estimate_lipschitz(model.bind(noisy, energy_times(model, theta, s)), noisy)
     assert lips / s == pytest.approx(lip1, rel=1e-9)

@@ -12,9 +12,24 @@ LOSS = sp.MSELoss()
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "gradient"
 
 
+def resolve(strategy, model, x, theta, y0=None):
+    """The strategy with its automatic step size fixed at (x, theta): the unrolled map is
+    then a fixed function of theta, which is what finite differences must perturb."""
+    return replace(strategy, step_size=strategy.solver.resolved(model.bind(x, theta),
+                                                                y0).step_size)
+
+
+def unroll(strategy, model, x, theta, y0=None, y_prev=None):
+    """The strategy's T-th iterate from (y0, y_prev) (default: x, no velocity), cropped."""
+    energy = model.bind(x, theta)
+    y = energy.start(y0)
+    return energy.crop(strategy.solver.iterate(energy, y, None if y_prev is None
+                                               else energy.start(y_prev)))
+
+
 def unrolled_loss(strategy, model, x, t, y0=None, y_prev=None):
     """theta -> loss of the strategy's last iterate (its step size already fixed)."""
-    return lambda th: LOSS.value(strategy.unroll(model, x, th, y0=y0, y_prev=y_prev), t)
+    return lambda th: LOSS.value(unroll(strategy, model, x, th, y0=y0, y_prev=y_prev), t)
 
 
 def foe_case(case, perturb, shape=(12, 12), seed=0):
@@ -26,12 +41,12 @@ def foe_case(case, perturb, shape=(12, 12), seed=0):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_unrolled_gradient_matches_finite_differences(case, perturb, momentum):
     model, theta, x, t = foe_case(case, perturb)
-    strategy = sp.UnrolledGradient(steps=15, momentum=momentum).resolve(model, x, theta)
+    strategy = resolve(sp.UnrolledGradient(steps=15, momentum=momentum), model, x, theta)
     pair = sp.loss_and_grad(model, theta, x, t, gradient=strategy)
     check = sp.check_grad(unrolled_loss(strategy, model, x, t), pair.grad, theta, eps=1e-4,
                           groups=model.param_slices())
     assert check.max_error < 1e-6, str(check)
-    np.testing.assert_allclose(pair.y, strategy.unroll(model, x, theta), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(pair.y, unroll(strategy, model, x, theta), rtol=0, atol=1e-12)
     assert pair.loss == pytest.approx(LOSS.value(pair.y, t))
     assert pair.solve.iterations == 15 and pair.adjoint.backprop_steps == 15
 
@@ -43,10 +58,10 @@ def test_unrolled_gradient_with_a_padding_model(case, perturb, cls):
     x, t = case((11, 12), seed=1)
     theta = perturb(model, seed=1)
     kw = dict(steps=12, truncate=5) if cls is sp.TruncatedGradient else dict(steps=12)
-    strategy = cls(**kw).resolve(model, x, theta)
+    strategy = resolve(cls(**kw), model, x, theta)
     pair = sp.loss_and_grad(model, theta, x, t, gradient=strategy)
     assert pair.y.shape == x.shape and pair.solve.y_ext.shape == (19, 20)
-    np.testing.assert_allclose(pair.y, strategy.unroll(model, x, theta), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(pair.y, unroll(strategy, model, x, theta), rtol=0, atol=1e-12)
     if cls is sp.UnrolledGradient:
         check = sp.check_grad(unrolled_loss(strategy, model, x, t), pair.grad, theta,
                               eps=1e-4, groups=model.param_slices())
@@ -55,7 +70,7 @@ def test_unrolled_gradient_with_a_padding_model(case, perturb, cls):
 
 def test_checkpointing_changes_memory_not_the_gradient(case, perturb):
     model, theta, x, t = foe_case(case, perturb)
-    base = sp.UnrolledGradient(steps=40).resolve(model, x, theta)
+    base = resolve(sp.UnrolledGradient(steps=40), model, x, theta)
     runs = {c: sp.loss_and_grad(model, theta, x, t, gradient=replace(base, checkpoint_every=c))
             for c in (1, 3, 7, None, 100)}
     for c, pair in runs.items():
@@ -71,12 +86,12 @@ def test_checkpointing_changes_memory_not_the_gradient(case, perturb):
 def test_truncated_gradient_differentiates_the_last_steps_only(case, perturb):
     model, theta, x, t = foe_case(case, perturb)
     T, K = 25, 6
-    strategy = sp.TruncatedGradient(steps=T, truncate=K).resolve(model, x, theta)
+    strategy = resolve(sp.TruncatedGradient(steps=T, truncate=K), model, x, theta)
     pair = sp.loss_and_grad(model, theta, x, t, gradient=strategy)
     assert pair.adjoint.method == "truncated" and pair.adjoint.backprop_steps == K
     # the truncated loss: K steps from the state (y_{T-K}, y_{T-K-1}) frozen at theta
-    y_prev = replace(strategy, steps=T - K - 1).unroll(model, x, theta)
-    y_start = replace(strategy, steps=T - K).unroll(model, x, theta)
+    y_prev = unroll(replace(strategy, steps=T - K - 1), model, x, theta)
+    y_start = unroll(replace(strategy, steps=T - K), model, x, theta)
     last_k = sp.UnrolledGradient(steps=K, step_size=strategy.step_size)
     check = sp.check_grad(unrolled_loss(last_k, model, x, t, y_start, y_prev), pair.grad,
                           theta, eps=1e-4, groups=model.param_slices())
@@ -162,8 +177,8 @@ def test_warm_start_is_used_only_when_asked(case, perturb):
     c = sp.loss_and_grad(model, theta, x, t, gradient=warm, y0=y0)
     np.testing.assert_array_equal(a.y, b.y)
     assert not np.allclose(c.y, a.y)
-    np.testing.assert_allclose(c.y, warm.resolve(model, x, theta, y0).unroll(model, x, theta,
-                                                                             y0=y0))
+    np.testing.assert_allclose(c.y, unroll(resolve(warm, model, x, theta, y0), model, x, theta,
+                                           y0=y0))
 
 
 def test_batch_objective_accepts_unrolled_strategies(case, perturb):

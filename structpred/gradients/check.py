@@ -12,9 +12,11 @@ gradient of the whole loss, per parameter group. Errors are relative:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from structpred.kernels.threads import owns_cores
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class GradCheck:
     errors: dict[str, float]
     analytic: dict[str, np.ndarray]
     numeric: dict[str, np.ndarray]
+    checked: str = ""     #: what was differentiated (check_loss_gradient: the pair)
 
     @property
     def max_error(self) -> float:
@@ -119,31 +122,46 @@ def check_model_derivatives(model, y, x, theta, *, eps: float = 1e-5, seed: int 
 def check_loss_gradient(model, theta, noisy, clean, *, solver=None, gradient=None, loss=None,
                         eps: float = 1e-4, directions: int | None = None,
                         seed: int = 0) -> GradCheck:
-    """Check the gradient of the loss through the argmin against central differences of the
-    loss, re-solving the inner problem for every perturbed theta (use a tight solver
-    tolerance, e.g. ``LBFGS(gtol=1e-10)``: the finite differences are only as accurate as
-    the argmins). Warm-starting from the unperturbed minimiser keeps the perturbed solves in
-    the same basin of the non-convex energy. One error per parameter group."""
-    from structpred.objective import loss_and_grad
+    """Check the gradient of the loss of the prediction against central differences of that
+    loss, re-running the prediction for every perturbed theta. One error per parameter
+    group; ``GradCheck.checked`` says which (solver, gradient) pair was checked.
+
+    The finite differences differentiate exactly the prediction that the (solver, gradient)
+    pair defines, as the gradient method states it (``gradient.prediction_map(solve)``):
+
+    * the implicit gradient with an argmin solver (default ``LBFGS(gtol=1e-10)``): every
+      perturbed solve is warm-started from the unperturbed minimiser (the same basin of a
+      non-convex energy) and refined by Newton steps (:func:`newton_polish`), since the
+      differences are only as accurate as the argmins;
+    * the unrolled gradient with its heavy-ball solver (default: ``gradient.solver``): the
+      same T steps from the same start, with the step size fixed at the value the
+      unperturbed solve chose (``SolveResult.solver``); the truncated gradient: the last K
+      steps from the unperturbed state at step T - K, held constant (its definition).
+
+    Raises TypeError for a pair that is not allowed (as :func:`structpred.loss_and_grad`).
+    """
+    from structpred.gradients.implicit import ImplicitGradient
     from structpred.losses import MSELoss
+    from structpred.objective import loss_and_grad, resolve_pair
     from structpred.solvers import LBFGS
 
-    solver = LBFGS(gtol=1e-10) if solver is None else solver
+    gradient = ImplicitGradient() if gradient is None else gradient
+    if solver is None and isinstance(gradient.default_solver(), LBFGS):
+        solver = LBFGS(gtol=1e-10)
+    solver, gradient = resolve_pair(solver, gradient)
     loss = MSELoss() if loss is None else loss
     base = loss_and_grad(model, theta, noisy, clean, solver=solver, gradient=gradient, loss=loss)
-    argmin = gradient is None or getattr(gradient, "uses_argmin", True)
-
-    def f(th):
-        res = solver.minimize(model, noisy, th, y0=base.solve.y_domain)
-        return loss.value(newton_polish(model, noisy, th, res) if argmin else res.y, clean)
-
-    return check_grad(f, base.grad, theta, eps=eps, groups=model.param_slices(),
-                      directions=directions, seed=seed)
+    predict, checked = gradient.prediction_map(base.solve)
+    out = check_grad(lambda th: loss.value(predict(model.bind(noisy, th)), clean), base.grad,
+                     theta, eps=eps, groups=model.param_slices(), directions=directions,
+                     seed=seed)
+    return replace(out, checked=checked)
 
 
-def newton_polish(model, x, theta, res, *, steps: int = 3) -> np.ndarray:
-    """The argmin of ``res`` refined by up to ``steps`` Newton steps (CG on E_yy to a
-    relative residual of 1e-14), cropped to ``x``'s shape.
+@owns_cores
+def newton_polish(energy, res, *, steps: int = 3) -> np.ndarray:
+    """The argmin of ``res`` (a solve of the bound ``energy``) refined by up to ``steps``
+    Newton steps (CG on E_yy to a relative residual of 1e-14), cropped to the image.
 
     Finite differences of the loss are only as accurate as the perturbed argmins: L-BFGS's
     line search runs out of float64 resolution in the energy near ||grad E|| ~ 1e-8 on
@@ -152,18 +170,18 @@ def newton_polish(model, x, theta, res, *, steps: int = 3) -> np.ndarray:
     only gradients, still converge quadratically. A step that meets negative curvature or
     does not reduce ||grad E|| is not taken."""
     from structpred.gradients.implicit import conjugate_gradient
-    xe = model.extend(np.ascontiguousarray(x, dtype=np.float64))
     y = np.array(res.y_domain, dtype=np.float64)
-    gnorm = np.linalg.norm(model.grad(y, xe, theta))
+    g = energy.energy_and_grad(y)[1]
+    gnorm = np.linalg.norm(g)
     for _ in range(steps):
-        g = model.grad(y, xe, theta)
-        d, info, _, _ = conjugate_gradient(model.hessian(y, xe, theta), g, rtol=1e-14,
+        d, info, _, _ = conjugate_gradient(energy.hessian(y), g, rtol=1e-14,
                                            maxiter=10 * y.size)
         if info == 2:
             break
         trial = y - d
-        tnorm = np.linalg.norm(model.grad(trial, xe, theta))
+        tg = energy.energy_and_grad(trial)[1]
+        tnorm = np.linalg.norm(tg)
         if not tnorm < gnorm:
             break
-        y, gnorm = trial, tnorm
-    return model.crop(y)
+        y, g, gnorm = trial, tg, tnorm
+    return energy.crop(y)

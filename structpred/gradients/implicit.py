@@ -6,8 +6,9 @@ At a minimiser ``y*`` of ``E(.; x, theta)``, ``grad_y E(y*; theta) = 0`` defines
     dl/dtheta = - E_wy (E_yy)^-1 dl/dy       (Do et al. 2007; Samuel & Tappen 2009)
 
 computed matrix-free: solve ``E_yy u = dl/dy`` by conjugate gradients on Hessian-vector
-products, then return ``-(E_wy^T u)``. Nothing here depends on how ``y*`` was found
-(any inner solver will do, as in jaxopt's ``implicit_diff``).
+products, then return ``-(E_wy^T u)``. Nothing here depends on how ``y*`` was found (any
+solver whose prediction is a minimiser will do, as in jaxopt's ``implicit_diff``); a
+solve that is not one (the heavy-ball iterate of the unrolled methods) is refused.
 
 The Field-of-Experts energy is not convex: ``E_yy`` can have non-positive curvature
 directions (at an inexact minimiser, or at a saddle). CG then meets ``p^T E_yy p <= 0`` and
@@ -25,11 +26,12 @@ import numpy as np
 import scipy.sparse.linalg as spla
 from numba import njit
 
-from structpred.kernels.threads import single_threaded_blas
+from structpred.kernels.threads import owns_cores
 from structpred.numerics import norm2, pow2_exponent, safe_norm
 from structpred.solvers.precond import (
     check_options, fourier_preconditioner, select_symbol,
 )
+from structpred.solvers.result import Status
 
 #: "auto" preconditions when the symbol's condition number is at least this
 PRECOND_MIN_COND = 100.0
@@ -46,9 +48,20 @@ class AdjointInfo:
     u: np.ndarray = field(repr=False)  #: solution of E_yy u = dl/dy (reusable as a warm start)
     iterations: int               #: CG (+ MINRES) iterations
     residual: float               #: final ||E_yy u - b|| / ||b||
-    converged: bool
-    negative_curvature: bool      #: CG met p^T E_yy p <= 0
+    #: CONVERGED (CG met the tolerance), NEGATIVE_CURVATURE (CG met p^T E_yy p <= 0 and
+    #: MINRES met it), or MAXITER (not solved to tolerance: the gradient is approximate)
+    status: Status
     method: str                   #: "cg" or "cg+minres"
+
+    @property
+    def converged(self) -> bool:
+        """The adjoint system was solved to tolerance."""
+        return self.status != Status.MAXITER
+
+    @property
+    def negative_curvature(self) -> bool:
+        """CG met ``p^T E_yy p <= 0`` (and MINRES took over)."""
+        return self.method == "cg+minres"
 
 
 _FM = {"reassoc", "contract", "nsz"}
@@ -213,10 +226,10 @@ class ImplicitGradient:
             raise ValueError(f"maxiter must be a positive integer, got {self.maxiter!r}")
         check_options(self.preconditioner, self.precond_min_cond)
 
-    def precond_for(self, model, x, theta):
-        """The preconditioner this strategy uses for ``model`` at (x, theta), or None."""
-        S = select_symbol(model, x, theta, self.preconditioner, self.precond_min_cond)
-        return None if S is None else fourier_preconditioner(S, np.shape(x))
+    def precond_for(self, energy):
+        """The preconditioner this method uses for the bound energy, or None."""
+        S = select_symbol(energy, self.preconditioner, self.precond_min_cond)
+        return None if S is None else fourier_preconditioner(S, energy.shape)
 
     def solve_adjoint(self, hvp, b, u0=None, precond=None) -> AdjointInfo:
         """Solve ``E_yy u = b`` (CG; MINRES if CG meets non-positive curvature), scale-safe:
@@ -235,43 +248,66 @@ class ImplicitGradient:
             its += its2
             method = "cg+minres"
         converged = bool(res <= self.rtol * (1 + 1e-9))
+        status = (Status.MAXITER if not converged else
+                  Status.NEGATIVE_CURVATURE if negative else Status.CONVERGED)
         if not converged:
             warnings.warn(f"adjoint {method} stopped at relative residual {res:.2e} > "
                           f"{self.rtol:.1e} after {its} iterations: the gradient is approximate",
                           AdjointWarning, stacklevel=4)
-        return AdjointInfo(u=u, iterations=its, residual=float(res), converged=converged,
-                           negative_curvature=negative, method=method)
+        return AdjointInfo(u=u, iterations=its, residual=float(res), status=status,
+                           method=method)
 
-    def predict_and_grad(self, model, x, theta, dl_dy, *, solver, y0=None, u0=None,
-                         serial=False):
-        """Minimise with ``solver`` (warm-started from ``y0``), then the implicit gradient of
-        the loss there (adjoint warm-started from ``u0``); ``serial`` as in ``__call__``.
+    def check_solver(self, solver) -> None:
+        """Refuse a solver whose prediction is not a minimiser (TypeError naming both)."""
+        if not getattr(solver, "is_argmin", False):
+            raise TypeError(f"ImplicitGradient differentiates an argmin, but {solver!r} "
+                            f"predicts something else (its iterate after a fixed budget): "
+                            f"use UnrolledGradient/TruncatedGradient for it, or an argmin "
+                            f"solver such as LBFGS")
 
-        Returns ``(SolveResult, dl/dtheta, AdjointInfo)``; ``dl_dy`` is a callable y -> dl/dy.
+    def default_solver(self):
+        """The solver used when none is given: ``LBFGS()``."""
+        from structpred.solvers import LBFGS
+        return LBFGS()
+
+    def prediction_map(self, solve):
+        """``(f, description)``: ``f(energy)`` is the argmin as a function of the
+        parameters, found by ``solve``'s solver warm-started from ``solve``'s minimiser (the
+        same basin of a non-convex energy) and refined by Newton steps
+        (:func:`structpred.gradients.check.newton_polish`: finite differences are only as
+        accurate as the argmins). What ``check_loss_gradient`` takes finite differences of."""
+        from structpred.gradients.check import newton_polish
+        self.check_solver(solve.solver)
+        fixed, y0 = solve.solver, solve.y_domain
+        return (lambda energy: newton_polish(energy, fixed.minimize(energy, y0=y0)),
+                f"{type(self).__name__} of the argmin of {fixed!r}")
+
+    @owns_cores
+    def grad(self, energy, solve, dl_dy, *, u0=None):
+        """``(dl/dtheta, AdjointInfo)`` at the minimiser of ``solve``.
+
+        Parameters
+        ----------
+        energy : BoundEnergy, the energy ``solve`` minimised (``model.bind(x, theta)``)
+        solve : SolveResult of a solver whose prediction is the argmin (``is_argmin``)
+        dl_dy : (H, W) array, the loss gradient at ``solve.y`` (the image-shaped prediction)
+        u0 : optional warm start of the adjoint (on the domain, e.g. an earlier ``info.u``)
+
+        The adjoint lives on the energy's domain: for a padding model ``dl_dy`` enters
+        through the crop's adjoint (zero padding). Raises TypeError for a solve whose solver
+        is not an argmin solver.
         """
-        res = solver.minimize(model, x, theta, y0=y0, serial=serial)
-        # a padding model: the adjoint lives on the extended domain, the loss sees the crop
-        xe = model.extend(np.ascontiguousarray(x, dtype=np.float64))
-        b = model.extend_adjoint(dl_dy(res.y))
-        g, info = self(model, xe, theta, res.y_domain, b, u0=u0, serial=serial)
-        return res, g, info
-
-    def __call__(self, model, x, theta, y_star, dl_dy, u0=None, *, serial=False):
-        """Return ``(dl/dtheta, AdjointInfo)`` at the minimiser ``y_star``; ``serial=True``
-        applies E_yy on the calling thread only (threads over images). All arrays are on the
-        model's computational domain (for a padding model: the extended ``x``, the full
-        ``SolveResult.y_domain`` and ``extend_adjoint(dl/dy)``)."""
-        with single_threaded_blas():     # the kernels' Numba threads own the cores
-            hvp = (model.hessian(y_star, x, theta, serial=True) if serial
-                   else model.hessian(y_star, x, theta))
-            # the adjoint and E_wy^T u at unit scale, the gradient scaled back by 2**k
-            # (exact; g(s b) = s g(b) with the same iterations for any s that does not
-            # overflow g)
-            b = np.ascontiguousarray(dl_dy, dtype=np.float64)
-            k, bt, u0 = _to_unit_scale(b, u0)
-            info = self._solve_unit(hvp, bt, u0, self.precond_for(model, x, theta))
-            g = np.ldexp(-model.mixed_product(y_star, x, theta, info.u, serial=serial), k)
-            return g, replace(info, u=np.ldexp(info.u, k))
+        if solve.solver is not None:
+            self.check_solver(solve.solver)
+        y_star = solve.y_domain
+        hvp = energy.hessian(y_star)
+        # the adjoint and E_wy^T u at unit scale, the gradient scaled back by 2**k (exact;
+        # g(s b) = s g(b) with the same iterations for any s that does not overflow g)
+        b = np.ascontiguousarray(energy.extend_adjoint(dl_dy), dtype=np.float64)
+        k, bt, u0 = _to_unit_scale(b, u0)
+        info = self._solve_unit(hvp, bt, u0, self.precond_for(energy))
+        g = np.ldexp(-energy.mixed(y_star, info.u), k)
+        return g, replace(info, u=np.ldexp(info.u, k))
 
 
 def _minres(hvp, b, x0, rtol, maxiter, precond=None):

@@ -31,25 +31,31 @@ recomputes nothing. Reversing the heavy-ball step instead (y_{t-1} from y_t and 
 would need no storage at all, but it divides by beta at every step, so floating-point error
 grows like beta^-T (1e23 after 500 steps with beta = 0.9) unless the arithmetic is made
 exact (Maclaurin et al. 2015); checkpointing is exact and simple.
+
+Prediction and differentiation are separate steps: the forward iteration is the solver
+:class:`structpred.solvers.HeavyBall`, which records the checkpoints in its result; the
+gradient methods here sweep them backwards. A method states its solver (``.solver``, built
+from its fields) and refuses a solve that another solver produced.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
 
-from structpred.numerics import safe_norm
-from structpred.solvers.result import SolveResult, Status
+from structpred.kernels.threads import owns_cores
+from structpred.solvers.heavy_ball import HeavyBall, HeavyBallTrace, _positive_int
+from structpred.solvers.result import Status
 
 
 @dataclass(frozen=True)
 class UnrolledInfo:
-    """Diagnostics of one unrolled forward-backward pass.
+    """Diagnostics of one unrolled backward sweep.
 
-    The attributes ``u``, ``iterations``, ``residual``, ``converged`` and ``method`` mirror
-    :class:`AdjointInfo`, so that code logging either kind of gradient works unchanged.
+    The attributes ``u``, ``iterations``, ``residual``, ``converged``, ``status`` and
+    ``method`` mirror :class:`AdjointInfo`, so that code logging either kind of gradient
+    works unchanged.
     """
 
     steps: int              #: forward iterations T
@@ -78,69 +84,29 @@ class UnrolledInfo:
         """Always True: nothing in the backward sweep is iterative or approximate."""
         return True
 
-
-def estimate_lipschitz(model, x, theta, y, *, iterations: int = 30, seed: int = 0) -> float:
-    """Largest |eigenvalue| of E_yy(y) by power iteration (a slight under-estimate).
-
-    Parameters
-    ----------
-    model : EnergyModel
-    x, theta : the input image and parameters
-    y : the image at which the Hessian is linearised
-    iterations : power iterations (each one Hessian-vector product)
-    seed : seed of the random start (fixed, so the estimate is deterministic)
-    """
-    hvp = model.hessian(y, x, theta)
-    v = np.random.default_rng(seed).normal(size=y.shape)
-    v /= safe_norm(v)
-    lam = 0.0
-    for _ in range(iterations):
-        w = hvp(v)
-        lam = safe_norm(w)      # scale-safe: sqrt(w . w) overflows for ||E_yy|| > 1e154
-        if lam == 0.0:
-            break
-        v = w / lam
-    return lam
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
+    @property
+    def status(self) -> Status:
+        """Always CONVERGED (see :attr:`converged`)."""
+        return Status.CONVERGED
 
 
 @dataclass(frozen=True)
 class UnrolledGradient:
     """Exact gradient of the loss of the T-th heavy-ball iterate (back-optimisation).
 
-    The strategy owns its inner iteration: the prediction is y_T, not the solver's argmin,
-    and :meth:`predict_and_grad` ignores the ``solver`` it is given.
+    The prediction is the T-th iterate of :attr:`solver` (a :class:`HeavyBall` built from
+    the first fields below), not an argmin; :meth:`grad` differentiates a solve of that
+    solver and refuses any other.
 
     Parameters
     ----------
-    steps : int
-        T, the number of forward iterations.
-    step_size : float or None
-        eta. None (default): ``1 / L`` with L the largest |eigenvalue| of E_yy at the start
-        y_0, estimated by ``power_iterations`` steps of power iteration. The estimate is a
-        constant of the unrolled map (it is not differentiated). For a quadratic energy L
-        is exact; for the FoE the curvature along the path differs from that at y_0, which
-        heavy ball tolerates up to ``eta * L < 2 (1 + beta)`` (a factor 3.8 at beta = 0.9).
-    momentum : float
-        beta in [0, 1); 0 gives plain gradient descent.
+    steps, step_size, momentum, power_iterations, warm_start
+        The forward iteration: see :class:`structpred.solvers.HeavyBall`.
     truncate : int or None
         K: back-propagate through only the last K steps (None: all T).
     checkpoint_every : int or None
         c: store the state every c steps and recompute segments in the backward sweep.
         None: ``ceil(sqrt(2K))``, which minimises memory; 1: store every iterate.
-    power_iterations : int
-        Hessian-vector products spent on the automatic step size.
-    warm_start : bool
-        Start from the caller's ``y0`` when one is given (e.g. the previous prediction
-        during training). False (default) always starts from x, so that the unrolled loss
-        is the same function of theta at every call.
     """
 
     steps: int = 50
@@ -156,168 +122,112 @@ class UnrolledGradient:
     uses_argmin: ClassVar[bool] = False
 
     def __post_init__(self):
-        _positive_int("steps", self.steps)
         _positive_int("truncate", self.truncate, allow_none=True)
-        _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
-        _positive_int("power_iterations", self.power_iterations)
-        if self.step_size is not None and not (np.isfinite(self.step_size)
-                                               and self.step_size > 0):
-            raise ValueError(f"step_size must be positive or None, got {self.step_size!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        self.solver      # noqa: B018 - validates the forward fields (HeavyBall's checks)
 
-    # ------------------------------------------------------------------ set-up
     @property
     def backprop_steps(self) -> int:
         """K: the steps differentiated (``truncate`` capped at ``steps``)."""
         return self.steps if self.truncate is None else min(self.truncate, self.steps)
 
     @property
+    def solver(self) -> HeavyBall:
+        """The solver whose prediction this method differentiates (checkpoints from T - K,
+        every c steps)."""
+        return HeavyBall(steps=self.steps, step_size=self.step_size, momentum=self.momentum,
+                         power_iterations=self.power_iterations, warm_start=self.warm_start,
+                         checkpoint_from=self.steps - self.backprop_steps,
+                         checkpoint_every=self.checkpoint_every)
+
+    @property
     def segment(self) -> int:
         """c: the checkpoint spacing actually used."""
-        if self.checkpoint_every is not None:
-            return self.checkpoint_every
-        return max(1, math.ceil(math.sqrt(2 * self.backprop_steps)))
+        return self.solver.segment
 
-    def start(self, x, y0=None) -> np.ndarray:
-        """The first iterate: ``y0`` if warm-starting and one is given, else ``x``."""
-        return np.array(y0 if (self.warm_start and y0 is not None) else x, dtype=np.float64)
+    def default_solver(self) -> HeavyBall:
+        return self.solver
 
-    def resolve(self, model, x, theta, y0=None) -> "UnrolledGradient":
-        """This strategy with the automatic step size fixed to its value at (x, theta).
+    def check_solver(self, solver) -> None:
+        """Refuse any solver but :attr:`solver` (a different T, momentum, warm start or
+        fixed step size defines another prediction). TypeError naming both."""
+        mine = self.solver
+        ok = (isinstance(solver, HeavyBall) and solver.steps == mine.steps
+              and solver.momentum == mine.momentum and solver.warm_start == mine.warm_start
+              and (solver.step_size == mine.step_size if mine.step_size is not None
+                   else solver.power_iterations == mine.power_iterations)
+              # the state at T - K must be recorded (the sweep starts there)
+              and solver.checkpoint_from <= mine.checkpoint_from
+              and (mine.checkpoint_from - solver.checkpoint_from) % solver.segment == 0)
+        if not ok:
+            raise TypeError(f"{type(self).__name__} differentiates the prediction of {mine!r}; "
+                            f"got a solve of {solver!r}. Pass solver=gradient.solver (or "
+                            f"none), or set the iteration through the gradient's fields")
 
-        The unrolled map is then a fixed function of theta, which is what finite
-        differences of the unrolled loss must perturb.
-        """
-        xe, ye = model.extend_problem(x, y0 if (self.warm_start and y0 is not None) else None)
-        return self._resolved_at(model, xe, theta, ye)
-
-    def _resolved_at(self, model, x, theta, y):
-        if self.step_size is not None:
-            return self
-        lip = estimate_lipschitz(model, x, theta, y, iterations=self.power_iterations)
-        if not (np.isfinite(lip) and lip > 0):
-            raise ValueError(f"automatic step size: the Hessian's largest eigenvalue estimate "
-                             f"is {lip!r}; pass step_size explicitly")
-        return replace(self, step_size=1.0 / lip)
-
-    # ----------------------------------------------------------------- forward
-    def unroll(self, model, x, theta, y0=None, y_prev=None) -> np.ndarray:
-        """Run the T forward steps from the state (y0, y_prev) and return y_T.
-
-        No storage and no gradient: for finite-difference checks and studies. ``y0``
-        defaults to x and ``y_prev`` to ``y0`` (no initial velocity); unlike in
-        :meth:`predict_and_grad`, a given ``y0`` is always used.
-        """
-        x, y0 = model.extend_problem(x, y0)     # a padding model: on the extended image
-        y0, x, theta = model.check_inputs(y0, x, theta)
-        y_prev = y0 if y_prev is None else model.extend_problem(model.crop(x), y_prev)[1]
-        fixed = self._resolved_at(model, x, theta, y0)
-        fg, args = model.objective(x, theta)
-        return model.crop(fixed._advance(fg, args, y0, y_prev, 0, self.steps)[0])
-
-    def _advance(self, fg, args, y, y_prev, t0, t1, keep=None):
-        """Heavy-ball steps t0 .. t1-1 from state (y_t0, y_t0-1); returns (y_t1, y_t1-1, n).
-
-        ``keep(t, y_t, y_{t-1})`` is called before each step (to store checkpoints).
-        """
-        eta, beta = self.step_size, self.momentum
-        g = np.empty_like(y)
-        for t in range(t0, t1):
-            if keep is not None:
-                keep(t, y, y_prev)
-            energy = fg(y.ravel(), g.ravel(), args)
-            if not np.isfinite(energy):     # free test, long before y itself overflows
-                _diverged(eta, beta, t)
-            # a new array each step: stored checkpoints are never overwritten
-            y, y_prev = y - eta * g + beta * (y - y_prev), y
-        if not np.all(np.isfinite(y)):
-            _diverged(eta, beta, t1)
-        return y, y_prev, t1 - t0
+    def prediction_map(self, solve):
+        """``(f, description)``: ``f(energy)`` is the prediction as a function of the
+        parameters that :meth:`grad` differentiates exactly, at the constants ``solve``
+        chose (the step size): all T steps from the same start (unrolled), or the last K
+        steps from the state ``(y_{T-K}, y_{T-K-1})`` of ``solve``, held constant
+        (truncated). What ``check_loss_gradient`` takes finite differences of."""
+        self.check_solver(solve.solver)
+        fixed, T, K = solve.solver, solve.solver.steps, self.backprop_steps
+        if K == T:
+            return (lambda energy: fixed.minimize(energy).y,
+                    f"{type(self).__name__} of the T={T} iterate of {fixed!r}")
+        y_k, y_km1 = solve.trace.checkpoints[T - K]
+        return (lambda energy: energy.crop(fixed.advance(energy, y_k, y_km1, T - K, T)[0]),
+                f"{type(self).__name__} of the last K={K} of T={T} steps of {fixed!r}, from "
+                f"its state at step {T - K} held constant")
 
     # ---------------------------------------------------------------- backward
-    def _backward(self, model, x, theta, fg, args, checkpoints, a_last):
-        """Reverse sweep over the last K steps from the stored checkpoints.
+    @owns_cores
+    def grad(self, energy, solve, dl_dy, *, u0=None):
+        """``(dl(y_T)/dtheta, UnrolledInfo)``: the exact gradient of the loss of the
+        heavy-ball prediction in ``solve`` (a result of :attr:`solver`'s ``minimize`` on
+        ``energy``), by a reverse sweep over its last K steps.
 
-        Returns (dl/dtheta, gradient evaluations spent recomputing, hvps, peak images).
+        ``dl_dy``: (H, W), the loss gradient at ``solve.y``; ``u0``: ignored (there is no
+        adjoint system to warm-start). Raises TypeError for a solve of another solver.
         """
-        eta, beta = self.step_size, self.momentum
-        T, K, c = self.steps, self.backprop_steps, self.segment
+        self.check_solver(solve.solver)
+        trace = solve.trace
+        if not isinstance(trace, HeavyBallTrace):
+            raise TypeError("the solve carries no heavy-ball trace to differentiate")
+        fixed = solve.solver
+        eta, beta = fixed.step_size, fixed.momentum
+        T, K = fixed.steps, self.backprop_steps
         first = T - K
-        grad = np.zeros(model.num_params)
-        a1, a2 = a_last, np.zeros_like(a_last)          # a_{t+1}, a_{t+2}
+        a1 = np.ascontiguousarray(energy.extend_adjoint(dl_dy), dtype=np.float64)  # a_{t+1}
+        a2 = np.zeros_like(a1)                                                      # a_{t+2}
+        grad = np.zeros(energy.model.num_params)
+        checkpoints = dict(trace.checkpoints)
+        c = trace.every
         recomputed = hvps = 0
         peak = _unique_images(checkpoints) + 2
         for s in sorted(checkpoints, reverse=True):
             y_s, y_sm1 = checkpoints.pop(s)
-            seg, e = [], min(s + c, T)
-            y_end, _, n = self._advance(fg, args, y_s, y_sm1, s, e - 1,
-                                        keep=lambda t, y, y_prev: seg.append(y))
+            e = min(s + c, T)
+            if e <= first or s >= T:
+                continue
+            seg = []
+            y_end, _ = fixed.advance(energy, y_s, y_sm1, s, e - 1,
+                                     keep=lambda t, y, y_prev: seg.append(y))
             seg.append(y_end)
-            recomputed += n
+            recomputed += e - 1 - s
             peak = max(peak, _unique_images(checkpoints) + 2 + len(seg))
-            for t in range(e - 1, s - 1, -1):
-                y_t = seg.pop()
-                grad -= eta * model.mixed_product(y_t, x, theta, a1)
+            for t in range(e - 1, max(s, first) - 1, -1):
+                y_t = seg[t - s]
+                grad -= eta * energy.mixed(y_t, a1)
                 if t > first:                           # a_t is needed by step t-1
-                    a0 = (1 + beta) * a1 - eta * model.hessian(y_t, x, theta)(a1) - beta * a2
+                    a0 = (1 + beta) * a1 - eta * energy.hessian(y_t)(a1) - beta * a2
                     hvps += 1
                     a1, a2 = a0, a1
-        return grad, recomputed, hvps, peak
-
-    # --------------------------------------------------------------- interface
-    def predict_and_grad(self, model, x, theta, dl_dy, *, solver=None, y0=None, u0=None,
-                         serial=False):
-        """Prediction y_T and the exact gradient of ``l(y_T)`` in theta.
-
-        Parameters
-        ----------
-        model : EnergyModel
-        x, theta : the input image and parameters
-        dl_dy : callable, y -> dl/dy at the prediction
-        solver : ignored (the strategy owns its inner iteration)
-        y0 : start of the iteration when ``warm_start`` is set
-        u0 : ignored (there is no adjoint linear system to warm-start)
-        serial : ignored (the unrolled sweep calls the model's parallel kernels, which are
-            safe to call from several threads at once)
-
-        Returns
-        -------
-        solve : SolveResult
-            y_T with its energy and gradient norm; ``status`` is ``MAXITER`` (the fixed
-            budget of T steps is the stopping rule, whatever the gradient norm).
-        grad : ndarray, dl(y_T)/dtheta
-        info : UnrolledInfo
-        """
-        # a padding model runs the iteration on the extended image; the loss sees the crop
-        x, y_start = model.extend_problem(x, y0 if (self.warm_start and y0 is not None)
-                                          else None)
-        y_start, x, theta = model.check_inputs(np.array(y_start), x, theta)
-        loss_grad = dl_dy
-        dl_dy = (lambda ye: model.extend_adjoint(loss_grad(model.crop(ye)))) if model.pad \
-            else loss_grad
-        fixed = self._resolved_at(model, x, theta, y_start)
-        fg, args = model.objective(x, theta)
-        T, K, c = fixed.steps, fixed.backprop_steps, fixed.segment
-        checkpoints = {}
-
-        def keep(t, y, y_prev):
-            if t >= T - K and (t - (T - K)) % c == 0:
-                checkpoints[t] = (y, y_prev)
-        y_T, _, _ = fixed._advance(fg, args, y_start, y_start, 0, T, keep=keep)
-        g_T = np.empty_like(y_T)
-        energy = fg(y_T.ravel(), g_T.ravel(), args)
-        a_T = np.ascontiguousarray(dl_dy(y_T), dtype=np.float64)
-        grad, recomputed, hvps, peak = fixed._backward(model, x, theta, fg, args,
-                                                       checkpoints, a_T)
-        solve = SolveResult(y=model.crop(y_T), energy=float(energy), grad_norm=safe_norm(g_T),
-                            iterations=T, n_evals=T + 1, status=Status.MAXITER,
-                            y_ext=y_T if model.pad else None)
-        info = UnrolledInfo(steps=T, backprop_steps=K, step_size=float(fixed.step_size),
-                            momentum=float(fixed.momentum), checkpoint_every=c,
+            del seg
+        info = UnrolledInfo(steps=T, backprop_steps=K, step_size=float(eta),
+                            momentum=float(beta), checkpoint_every=c,
                             grad_evals=T + 1 + recomputed, hvps=hvps, stored_images=peak,
                             method=self.method)
-        return solve, grad, info
+        return grad, info
 
 
 @dataclass(frozen=True)
@@ -338,11 +248,6 @@ class TruncatedGradient(UnrolledGradient):
         if self.truncate is None:
             raise ValueError("truncate must be a positive integer for TruncatedGradient "
                              "(use UnrolledGradient to differentiate every step)")
-
-
-def _diverged(eta, beta, t):
-    raise FloatingPointError(f"the unrolled heavy-ball iteration diverged at step {t} "
-                             f"(step_size={eta:.3e}, momentum={beta}): pass a smaller step_size")
 
 
 def _unique_images(checkpoints) -> int:

@@ -12,6 +12,10 @@ vector ``theta``. A concrete model writes, in one place:
   ``v -> E_yy v`` (curvature precomputed once, reused by every CG iteration);
 * :meth:`EnergyModel.mixed_product`: ``E_wy^T u = d/dtheta <u, grad_y E(y; x, theta)>``.
 
+These three are the hooks a model implements; nothing calls them but the bound energy,
+:meth:`EnergyModel.bind` (:class:`structpred.models.energy.BoundEnergy`), which solvers and
+gradient methods take, and which passes ``serial`` (the kernels' thread layout) for them.
+
 Everything else (validation, packing, the solvers, the implicit gradient, training) is
 generic and works for any model that provides these pieces.
 
@@ -21,8 +25,8 @@ over the extended image and the prediction is its central crop (pad, solve, crop
 pixels then see filter responses on both sides, as in the interior; under ``"valid"`` (no
 padding) they are under-regularised, which costs about 0.4 dB on BSD68 for a trained 48x7x7
 FoE (issue 12: 28.06 dB 'valid' vs 28.47 dB padded on 10 images at sigma 25). The solvers
-and gradient methods apply :meth:`EnergyModel.extend_problem` and :meth:`EnergyModel.crop`;
-the kernels only ever see the extended arrays, so the derivatives are those of the same
+and gradient methods work on the bound energy (:meth:`EnergyModel.bind`), which holds the
+extended input and crops the prediction; the kernels only ever see the extended arrays, so the derivatives are those of the same
 energy on a larger image, and the loss's gradient enters the adjoint through the crop's
 adjoint (:meth:`EnergyModel.extend_adjoint`, zero padding).
 """
@@ -33,7 +37,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from structpred.kernels.threads import single_threaded_blas
+from structpred.kernels.threads import owns_cores
+from structpred.models.energy import BoundEnergy, bind
 from structpred.validation import as_image, as_vector, same_shape
 
 #: boundary handling of the filter models (``np.pad`` modes; "valid" is no padding)
@@ -152,23 +157,13 @@ class EnergyModel(abc.ABC):
             return g
         return np.pad(np.asarray(g, dtype=np.float64), self.pad)
 
-    def extend_problem(self, x, y0=None) -> tuple[np.ndarray, np.ndarray]:
-        """``(x_ext, y0_ext)``: the input and the starting point on the computational domain.
-
-        ``x`` is an (H, W) image; ``y0`` (default: ``x``) may be given on the image's shape
-        (it is extended like ``x``) or on the extended shape (a warm start kept from an
-        earlier solve, used as it is). Raises ValueError naming the argument otherwise."""
-        x = as_image("x", x, min_shape=self.min_image_shape())
-        xe = self.extend(x)
-        if y0 is None:
-            return xe, xe
-        y0 = as_image("y0", y0)
-        if y0.shape == x.shape:
-            return xe, self.extend(y0)
-        if y0.shape != xe.shape:
-            raise ValueError(f"y0 has shape {y0.shape} but x has shape {x.shape}; a warm start "
-                             f"must have x's shape or the extended shape {xe.shape}")
-        return xe, y0
+    def bind(self, x, theta, *, parallel: bool = True) -> BoundEnergy:
+        """``E(.; x, theta)``: this energy at input ``x`` ((H, W), pixels in 0..255) and
+        parameters ``theta``, the object solvers minimise and gradient methods
+        differentiate (:class:`structpred.models.energy.BoundEnergy`). ``parallel=False``
+        binds the serial kernels (one image per thread). Raises ValueError naming ``x`` or
+        ``theta``."""
+        return bind(self, x, theta, parallel=parallel)
 
     # -------------------------------------------------------- checked public API
     def check_params(self, theta) -> np.ndarray:
@@ -181,14 +176,12 @@ class EnergyModel(abc.ABC):
         same_shape(("y", "x"), y, x)
         return y, x, self.check_params(theta)
 
+    @owns_cores
     def energy_and_grad(self, y, x, theta) -> tuple[float, np.ndarray]:
-        """E(y; x, theta) and grad_y E."""
+        """E(y; x, theta) and grad_y E on x's domain (no padding: the energy of the given
+        arrays as they are)."""
         y, x, theta = self.check_inputs(y, x, theta)
-        fg, args = self.objective(x, theta)
-        g = np.empty_like(y)
-        with single_threaded_blas():     # the kernels' Numba threads own the cores
-            e = fg(y.ravel(), g.ravel(), args)
-        return float(e), g
+        return BoundEnergy(self, x, theta, True, x.shape).energy_and_grad(y)
 
     def energy(self, y, x, theta) -> float:
         return self.energy_and_grad(y, x, theta)[0]
@@ -196,21 +189,21 @@ class EnergyModel(abc.ABC):
     def grad(self, y, x, theta) -> np.ndarray:
         return self.energy_and_grad(y, x, theta)[1]
 
+    @owns_cores
     def hvp(self, y, x, theta, v) -> np.ndarray:
         """E_yy(y) v."""
         y, x, theta = self.check_inputs(y, x, theta)
         v = as_image("v", v)
         same_shape(("v", "y"), v, y)
-        with single_threaded_blas():
-            return self.hessian(y, x, theta)(v)
+        return BoundEnergy(self, x, theta, True, x.shape).hessian(y)(v)
 
+    @owns_cores
     def mixed(self, y, x, theta, u) -> np.ndarray:
         """E_wy^T u, checked (see :meth:`mixed_product`)."""
         y, x, theta = self.check_inputs(y, x, theta)
         u = as_image("u", u)
         same_shape(("u", "y"), u, y)
-        with single_threaded_blas():
-            return self.mixed_product(y, x, theta, u)
+        return BoundEnergy(self, x, theta, True, x.shape).mixed(y, u)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

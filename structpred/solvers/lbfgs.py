@@ -26,11 +26,13 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from structpred.kernels import codegen
-from structpred.kernels.threads import single_threaded_blas
+from structpred.kernels.threads import owns_cores
+from structpred.models.energy import as_energy
 from structpred.solvers.precond import check_options, select_symbol
 from structpred.solvers.result import SolveResult, Status
 
@@ -134,31 +136,33 @@ class LBFGS:
             raise ValueError(f"max_linesearch must be >= 2, got {self.max_linesearch}")
         check_options(self.preconditioner, self.precond_min_cond)
 
-    def _inverse_symbol(self, model, x, theta):
+    #: the prediction is a minimiser (what the implicit gradient differentiates)
+    is_argmin: ClassVar[bool] = True
+
+    def _inverse_symbol(self, energy):
         """1 / the model's Fourier symbol if this solve is preconditioned, else an empty
         array (the loop's "no preconditioner")."""
-        S = select_symbol(model, x, theta, self.preconditioner, self.precond_min_cond)
+        S = select_symbol(energy, self.preconditioner, self.precond_min_cond)
         return np.zeros((0, 0)) if S is None else np.ascontiguousarray(1.0 / S)
 
-    def minimize(self, model, x, theta, y0=None, *, serial: bool = False) -> SolveResult:
-        """Minimise ``model``'s energy over y for input ``x`` from ``y0`` (default: ``x``).
+    @owns_cores
+    def minimize(self, problem, x=None, theta=None, *, y0=None) -> SolveResult:
+        """Minimise the energy over y from ``y0`` (default: x).
 
-        A model that pads (``boundary`` other than 'valid') is solved on the extended image
-        and ``SolveResult.y`` is the crop to ``x``'s shape (``y_ext`` the full solution);
-        ``y0`` may have ``x``'s shape or the extended one. ``serial=True`` runs the model's
-        kernels on the calling thread only (used when several images are solved at once on
-        threads)."""
-        xe, y0e = model.extend_problem(x, y0)
-        y0e, xe, theta = model.check_inputs(y0e, xe, theta)
-        fg, args = (model.objective(xe, theta, serial=True) if serial
-                    else model.objective(xe, theta))
-        with single_threaded_blas():     # the kernels' Numba threads own the cores
-            pinv = self._inverse_symbol(model, xe, theta)
-            y, f, gnorm, it, nev, status = loop_for(fg)(
-                args, np.ascontiguousarray(y0e).ravel(), float(self.gtol), float(self.rtol),
-                int(self.maxiter), int(self.history), float(self.c1), float(self.c2),
-                int(self.max_linesearch), pinv)
-        y = y.reshape(xe.shape)
-        return SolveResult(y=model.crop(y), energy=float(f), grad_norm=float(gnorm),
+        ``problem`` is a bound energy (``model.bind(x, theta)``), or a model followed by
+        ``x`` and ``theta`` (shorthand for binding them). A model that pads (``boundary``
+        other than 'valid') is solved on the extended image and ``SolveResult.y`` is the
+        crop to the image's shape (``y_ext`` the full solution); ``y0`` may have the image's
+        shape or the extended one. The kernels run as the energy was bound (parallel, or
+        serial for one image per thread)."""
+        energy = as_energy(problem, x, theta)
+        y0e = energy.start(y0)
+        fg, args = energy.kernel
+        pinv = self._inverse_symbol(energy)
+        y, f, gnorm, it, nev, status = loop_for(fg)(
+            args, y0e.ravel(), float(self.gtol), float(self.rtol), int(self.maxiter),
+            int(self.history), float(self.c1), float(self.c2), int(self.max_linesearch), pinv)
+        y = y.reshape(energy.shape)
+        return SolveResult(y=energy.crop(y), energy=float(f), grad_norm=float(gnorm),
                            iterations=int(it), n_evals=int(nev), status=Status(status),
-                           y_ext=y if model.pad else None)
+                           y_ext=y if energy.model.pad else None, solver=self)

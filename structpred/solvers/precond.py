@@ -33,15 +33,15 @@ def check_options(preconditioner, min_cond) -> None:
         raise ValueError(f"precond_min_cond must be >= 1, got {min_cond!r}")
 
 
-def select_symbol(model, x, theta, preconditioner, min_cond):
-    """The model's symbol if the option ``preconditioner`` ("auto", "fft", None) calls for
-    it at (x, theta), else None: none for None, for a model without a symbol, for a
-    symbol that is not finite and positive (parameters that overflow), and for "auto"
-    below ``min_cond``."""
+def select_symbol(energy, preconditioner, min_cond):
+    """The bound energy's symbol (``energy.symbol``) if the option ``preconditioner``
+    ("auto", "fft", None) calls for it, else None: none for None, for a model without a
+    symbol, for a symbol that is not finite and positive (parameters that overflow), and
+    for "auto" below ``min_cond``."""
     if preconditioner in (None, "none"):
         return None
     with np.errstate(all="ignore"):
-        S = model.hessian_symbol(x, theta)
+        S = energy.symbol
         if S is None or not (np.all(np.isfinite(S)) and S.min() > 0):
             return None
         if preconditioner == "auto" and symbol_condition(S) < min_cond:

@@ -1,4 +1,4 @@
-"""The result of an inner solve."""
+"""The result of an inner solve, and the one status vocabulary."""
 from __future__ import annotations
 
 import enum
@@ -39,6 +39,12 @@ class SolveResult:
     #: the minimiser on the model's computational domain, when the model pads the image
     #: (``boundary`` other than 'valid'); ``y`` is its central crop. None: same as ``y``.
     y_ext: np.ndarray | None = field(default=None, repr=False)
+    #: the solver that produced it, with every constant it chose from the data filled in
+    #: (the heavy-ball step size): re-running it at other parameters gives the same
+    #: prediction map (what ``check_loss_gradient`` differentiates)
+    solver: object = field(default=None, repr=False)
+    #: what a gradient method needs from the solve beyond y (the heavy-ball checkpoints)
+    trace: object = field(default=None, repr=False)
 
     @property
     def y_domain(self) -> np.ndarray:

@@ -117,8 +117,8 @@ def warm_kernels(configs, limit: int = 8) -> None:
             rng = np.random.default_rng(0)
             clean = 128 + 40 * rng.standard_normal((h, h))
             noisy = clean + 25 * rng.standard_normal((h, h))
-            loss_and_grad(model, theta, noisy, clean, solver=C.build_solver(cfg),
-                          gradient=C.build_gradient(cfg))
+            solver, gradient = C.build_pair(cfg)
+            loss_and_grad(model, theta, noisy, clean, solver=solver, gradient=gradient)
         except Exception as exc:  # noqa: BLE001 - the job itself will say what is wrong
             log.debug("kernel warm-up skipped (%s)", exc)
     if seen:

@@ -230,6 +230,18 @@ def build_gradient(cfg):
     return _build("gradient", cfg.gradient, make_gradient)
 
 
+def build_pair(cfg):
+    """``(solver, gradient)`` for training: the ``gradient`` group's method, and the
+    ``solver`` group's solver for the implicit gradient, or, for the unrolled and truncated
+    gradients, their own heavy-ball iteration (``gradient.solver``, set by the ``gradient.*``
+    keys; the ``solver`` group is not used with them, as configs/gradient/unrolled.yaml
+    says). The pair is checked (``structpred.resolve_pair``)."""
+    from structpred.objective import resolve_pair
+    gradient = build_gradient(cfg)
+    own = getattr(gradient, "solver", None)
+    return resolve_pair(own if own is not None else build_solver(cfg), gradient)
+
+
 def build_optimizer(cfg):
     from structpred.training.optimizers import make_optimizer
     return _build("optimizer", cfg.optimizer, make_optimizer)

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from structpred.objective import BatchResult, PairResult, loss_and_grad
+from structpred.objective import BatchResult, PairResult, loss_and_grad_at
 from structpred.training.loop import TrainObjective
 from structpred.training.optimizers import WarmStart
 
@@ -117,7 +117,6 @@ class ShardWorker:
     def evaluate(self, theta, indices: list[int], specs: list, keep: list[int], vid: int):
         """``(slim PairResults in the order of indices, {index: WarmStart})`` at theta; keeps
         the new warm starts under ``vid`` and forgets versions not in ``keep``."""
-        from structpred.kernels.threads import single_threaded_blas
         warm = [self._warm(s) for s in specs]
 
         def one(j):
@@ -125,16 +124,16 @@ class ShardWorker:
             w = warm[j]
             # one image per thread with serial kernels, as batch_loss_and_grad does with
             # threads > 1 (the same kernels as the local executor: the same numbers)
-            return loss_and_grad(self.model, theta, x, t, solver=self.solver,
-                                 gradient=self.gradient, y0=None if w is None else w.y,
-                                 u0=None if w is None else w.adjoint.u, serial=True)
+            return loss_and_grad_at(self.model.bind(x, theta, parallel=False), t,
+                                    solver=self.solver, gradient=self.gradient,
+                                    y0=None if w is None else w.y,
+                                    u0=None if w is None else w.adjoint.u)
 
-        with single_threaded_blas():
-            if self.threads == 1 or len(indices) == 1:
-                items = [one(j) for j in range(len(indices))]
-            else:
-                with ThreadPoolExecutor(min(self.threads, len(indices))) as pool:
-                    items = list(pool.map(one, range(len(indices))))
+        if self.threads == 1 or len(indices) == 1:
+            items = [one(j) for j in range(len(indices))]
+        else:
+            with ThreadPoolExecutor(min(self.threads, len(indices))) as pool:
+                items = list(pool.map(one, range(len(indices))))
         new = {i: WarmStart(y=it.solve.y_domain, u=getattr(it.adjoint, "u", None))
                for i, it in zip(indices, items)}
         keep = set(keep) | {vid}
