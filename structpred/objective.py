@@ -32,7 +32,7 @@ import numpy as np
 from structpred.gradients.implicit import AdjointInfo, ImplicitGradient
 from structpred.kernels.threads import owns_cores
 from structpred.losses import MSELoss, psnr
-from structpred.solvers import LBFGS, SolveResult
+from structpred.solvers import SolveResult
 from structpred.validation import as_image, same_shape
 
 

@@ -57,18 +57,17 @@ def test_preconditioned_adjoint_gives_the_same_gradient(case, task):
     model = sp.make_model("foe", num_filters=6, filter_size=5, task=task)
     noisy, clean = case((30, 28))
     theta = hard_params(model)
-    solver = sp.LBFGS(gtol=1e-9)
-    y = solver.minimize(model, noisy, theta).y
-    b = sp.MSELoss().grad(y, clean)
-    g0, i0 = sp.ImplicitGradient(rtol=1e-10, preconditioner=None)(model, noisy, theta, y, b)
-    g1, i1 = sp.ImplicitGradient(rtol=1e-10, preconditioner="fft")(model, noisy, theta, y, b)
+    energy = model.bind(noisy, theta)
+    res = sp.LBFGS(gtol=1e-9).minimize(energy)
+    b = sp.MSELoss().grad(res.y, clean)
+    g0, i0 = sp.ImplicitGradient(rtol=1e-10, preconditioner=None).grad(energy, res, b)
+    g1, i1 = sp.ImplicitGradient(rtol=1e-10, preconditioner="fft").grad(energy, res, b)
     assert i0.converged and i1.converged and i1.residual <= 1e-10
     np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-7 * np.abs(g0).max())
     if task is None:
         assert i1.iterations < i0.iterations
     # warm start from the answer: nothing left to do
-    _, i2 = sp.ImplicitGradient(rtol=1e-8, preconditioner="fft")(model, noisy, theta, y, b,
-                                                                   u0=i1.u)
+    _, i2 = sp.ImplicitGradient(rtol=1e-8, preconditioner="fft").grad(energy, res, b, u0=i1.u)
     assert i2.iterations == 0
 
 

@@ -154,3 +154,19 @@ def test_optuna_search_config_composes(tmp_path):
         cfg = compose("train", overrides=["+experiment=denoise", "+hparams_search=optuna"],
                       return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val_psnr"
+
+
+def test_solver_and_gradient_are_built_as_an_allowed_pair(tmp_path):
+    """The unrolled gradients predict with their own heavy ball (the solver group is not
+    used with them); a solver the gradient cannot differentiate is a config error."""
+    import structpred as sp
+    from structpred.training.config import build_pair
+    solver, gradient = build_pair(compose_cfg(["gradient=unrolled", "gradient.steps=7"],
+                                              tmp_path))
+    assert solver == gradient.solver and solver.steps == 7
+    solver, gradient = build_pair(compose_cfg([], tmp_path))
+    assert isinstance(solver, sp.LBFGS) and isinstance(gradient, sp.ImplicitGradient)
+    with pytest.raises(ConfigError, match=r"^solver: ImplicitGradient differentiates an argmin"):
+        build_pair(compose_cfg(["solver=lbfgs", "solver.name=heavy_ball", "~solver.gtol",
+                                "~solver.rtol", "~solver.maxiter", "~solver.history"],
+                               tmp_path))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -216,8 +215,6 @@ class ImplicitGradient:
     preconditioner: str | None = "auto"
     precond_min_cond: float = PRECOND_MIN_COND
 
-    #: the prediction is the inner solver's minimiser, so the solver's convergence matters
-    uses_argmin: ClassVar[bool] = True
 
     def __post_init__(self):
         if not self.rtol > 0:

@@ -39,8 +39,7 @@ from its fields) and refuses a solve that another solver produced.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -118,8 +117,6 @@ class UnrolledGradient:
     warm_start: bool = False
 
     method = "unrolled"
-    #: the prediction is the T-th iterate (a fixed step budget), not a converged minimiser
-    uses_argmin: ClassVar[bool] = False
 
     def __post_init__(self):
         _positive_int("truncate", self.truncate, allow_none=True)
@@ -222,7 +219,6 @@ class UnrolledGradient:
                     a0 = (1 + beta) * a1 - eta * energy.hessian(y_t)(a1) - beta * a2
                     hvps += 1
                     a1, a2 = a0, a1
-            del seg
         info = UnrolledInfo(steps=T, backprop_steps=K, step_size=float(eta),
                             momentum=float(beta), checkpoint_every=c,
                             grad_evals=T + 1 + recomputed, hvps=hvps, stored_images=peak,

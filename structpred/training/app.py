@@ -280,7 +280,7 @@ def train(cfg: DictConfig) -> float | None:
             trainer = Trainer(optimizer, fun, state, on_step,
                               elapsed0=float(meta.get("elapsed", 0.0)),
                               policy=C.build_policy(cfg), names=train_set.names,
-                              count_inner=gradient.uses_argmin)
+                              count_inner=solver.is_argmin)
             trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed
             state = trainer.run()
             if bar is not None:

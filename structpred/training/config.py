@@ -239,7 +239,10 @@ def build_pair(cfg):
     from structpred.objective import resolve_pair
     gradient = build_gradient(cfg)
     own = getattr(gradient, "solver", None)
-    return resolve_pair(own if own is not None else build_solver(cfg), gradient)
+    try:
+        return resolve_pair(own if own is not None else build_solver(cfg), gradient)
+    except TypeError as exc:       # e.g. solver=heavy_ball with the implicit gradient
+        raise ConfigError("solver", str(exc)) from None
 
 
 def build_optimizer(cfg):
