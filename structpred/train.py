@@ -1,7 +1,8 @@
 """Train an energy model: ``python -m structpred.train +experiment=denoise``.
 
-Configs live in the top-level ``configs/`` folder (``configs/train.yaml`` and its groups);
-see README "Training, tracking and evaluation".
+Configs ship inside the package, in ``structpred/configs/`` (``train.yaml`` and its groups;
+loaded as ``pkg://structpred.configs``, so an installed wheel finds them too); see README
+"Training, tracking and evaluation".
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from structpred.training.config import register_resolvers
+from structpred.configs import CONFIG_PATH, register_resolvers
 
 register_resolvers()
 # configs/hydra/launcher/{joblib,submitit_*}.yaml carry the plugins' names on purpose (so
@@ -20,7 +21,7 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated
                         "ConfigStore schema", category=UserWarning)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from structpred.training.app import run_job, train
     return run_job(train, cfg)

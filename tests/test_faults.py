@@ -344,12 +344,12 @@ def test_model_file_write_failure_keeps_the_previous_file(tmp_path, monkeypatch,
     """A model file is written to a temporary file and renamed over the old one: a failure
     in the middle of the write leaves the previous model file whole and no temporary."""
     import structpred as sp
-    import structpred.training.checkpoint as ckpt
+    import structpred.fileio as fileio   # the atomic writer of model files and checkpoints
     model = sp.make_model("foe", num_filters=2, filter_size=3)
     old_theta = model.init_params()
     path = save_model(tmp_path / "structpred_model.npz", model, old_theta, meta={"n": 1})
     before = path.read_bytes()
-    real_write = ckpt._write_durably
+    real_write = fileio._write_durably
 
     def half(tmp, payload):    # the disk fills up half way through the file
         with open(tmp, "wb") as fh:
@@ -365,7 +365,7 @@ def test_model_file_write_failure_keeps_the_previous_file(tmp_path, monkeypatch,
     if fault == "fsync fails":
         monkeypatch.setattr(os, "fsync", fsync)
     else:
-        monkeypatch.setattr(ckpt, "_write_durably", half if fault == "half written" else crash)
+        monkeypatch.setattr(fileio, "_write_durably", half if fault == "half written" else crash)
     with pytest.raises(KeyboardInterrupt if fault == "crash" else OSError):
         save_model(path, model, old_theta + 1.0, meta={"n": 2})
     monkeypatch.undo()

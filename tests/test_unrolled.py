@@ -9,7 +9,7 @@ import pytest
 import structpred as sp
 
 LOSS = sp.MSELoss()
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "gradient"
+CONFIGS = Path(__file__).resolve().parents[1] / "structpred" / "configs" / "gradient"
 
 
 def unrolled_loss(strategy, model, x, t, y0=None, y_prev=None):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from structpred.fileio import write_atomic
 from structpred.training.optimizers import AdamState, LBFGSState, StepInfo, WarmStart
 
 log = logging.getLogger(__name__)
@@ -108,33 +109,6 @@ def _digest(arrays: dict) -> str:
 def previous_path(path) -> Path:
     """Where the checkpoint that ``path`` replaced is kept."""
     return Path(path).with_name(PREV_NAME)
-
-
-def _write_durably(tmp: Path, payload) -> None:
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_atomic(path, payload, *, before_replace=None) -> Path:
-    """Write the bytes ``payload`` to ``path`` atomically: to a temporary file in the same
-    folder, flushed to disk, then renamed over ``path`` (``os.replace``), so a crash or a
-    full disk never leaves half a file under the real name. ``before_replace()`` runs just
-    before the rename. On any error the temporary file is removed, ``path`` is left as it
-    was, and the error is re-raised."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(tmp, payload)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _keep_previous(path: Path) -> None:

@@ -9,41 +9,16 @@ line and exit with status 2 (no traceback).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-EXIT_CONFIG = 2
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str()`` is ``"<key>: <what is wrong>"``."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-# ------------------------------------------------------------------------- resolvers
-def project_root() -> str:
-    """The nearest ancestor of the working directory holding ``configs/train.yaml`` and
-    ``pyproject.toml`` (the structpred checkout), else the working directory. This is where
-    the default MLflow store (``mlruns/mlflow.db``) and Hydra outputs live, so every run from
-    anywhere inside the checkout lands in the same store."""
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "configs" / "train.yaml").is_file() and (d / "pyproject.toml").is_file():
-            return str(d)
-    return str(here)
-
-
-def register_resolvers() -> None:
-    """Register ``${structpred_root:}`` (idempotent)."""
-    if not OmegaConf.has_resolver("structpred_root"):
-        OmegaConf.register_new_resolver("structpred_root", project_root)
-
+# where runs write and how the configs' ${structpred_root:} resolves: beside the configs
+from structpred.configs import register_resolvers
+# defined below every layer (tracking and the data loaders raise them too); imported here
+# because every builder of this module raises them
+from structpred.errors import EXIT_CONFIG, ConfigError  # noqa: F401
 
 register_resolvers()
 # MLflow's artifact progress bars would interleave with ours

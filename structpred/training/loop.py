@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from structpred.fileio import write_atomic
 from structpred.objective import BatchResult, batch_loss_and_grad
-from structpred.training.checkpoint import write_atomic
 from structpred.training.optimizers import WarmStart
 
 log = logging.getLogger(__name__)
