@@ -19,6 +19,7 @@ import numpy as np
 
 from structpred.fileio import write_atomic
 from structpred.objective import BatchResult, batch_loss_and_grad
+from structpred.solvers import Status
 from structpred.training.optimizers import WarmStart
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ class Trainer:
                 return self.state
             t0 = time.perf_counter()
             new = self.optimizer.step(self.fun, self.state)
-            if new.info.status == "line search failed":
+            if new.info.status is Status.LINESEARCH_FAILED:
                 self.state = new
                 continue  # terminate() reports it
             why = bad_step(self.state, new, self.policy.max_loss_increase)
