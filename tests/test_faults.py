@@ -26,7 +26,7 @@ from structpred.training.checkpoint import (
     CheckpointError, load_checkpoint, load_latest, save_checkpoint,
 )
 from structpred.training.config import ConfigError
-from structpred.training.loop import Policy, Trainer
+from structpred.training.trainer import Callback, Policy, Trainer
 from structpred.training.optimizers import Adam, OuterLBFGS
 from train_helpers import ROOT, compose_cfg
 
@@ -105,17 +105,27 @@ class FaultyQuadratic:
         return SimpleNamespace(loss=loss, grad=grad, items=[ITEM], psnr=0.0), warm
 
 
+class Recorder(Callback):
+    """Keeps (iteration, theta, metrics) of every accepted iteration."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_iteration_end(self, trainer, state, metrics):
+        self.seen.append((state.iteration, state.theta.copy(), metrics))
+
+
 @pytest.mark.parametrize("opt,fault", [(OuterLBFGS(max_iter=15), "nan"),
                                        (Adam(max_iter=400, lr=0.05, batch_size=None), "nan"),
                                        (Adam(max_iter=400, lr=0.05, batch_size=None), "huge")])
 def test_bad_outer_step_is_rejected_shrunk_and_logged(opt, fault, caplog):
     fun = FaultyQuadratic(bad_call=4, fault=fault)
-    seen = []
-    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1),
-                      lambda st, m: seen.append((st.iteration, st.theta.copy(), m)),
+    recorder = Recorder()
+    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1), [recorder],
                       policy=Policy(shrink=0.5), count_inner=False)
     with caplog.at_level(logging.WARNING):
         st = trainer.run()
+    seen = [s for s in recorder.seen if s[0] > 0]   # the steps (0: the initial parameters)
     assert trainer.rejected == 1 and len(trainer.events) == 1
     assert "rejected" in caplog.text
     assert all(np.all(np.isfinite(t)) for _, t, _ in seen)  # no bad theta ever accepted
@@ -127,14 +137,14 @@ def test_bad_outer_step_is_rejected_shrunk_and_logged(opt, fault, caplog):
 
 
 def test_repeated_rejections_stop_the_run():
-    from structpred.training.loop import TrainingFailed
+    from structpred.training.trainer import TrainingFailed
 
     class AlwaysNan(FaultyQuadratic):
         def __call__(self, theta, indices, warm):
             self.bad_call = self.calls + 1
             return super().__call__(theta, indices, warm)
     opt, fun = Adam(max_iter=10), AlwaysNan(0, "nan")
-    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1), lambda st, m: None,
+    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1),
                       policy=Policy(max_rejections=2), count_inner=False)
     with pytest.raises(TrainingFailed, match="3 outer steps in a row rejected"):
         trainer.run()

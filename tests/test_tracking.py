@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from structpred.training.app import iteration_line
+from structpred.training.callbacks import iteration_line
 from structpred.configs import CONFIG_DIR
 from structpred.training.config import ConfigError
 from structpred.tracking.mlflow_tracker import (
@@ -156,7 +156,7 @@ def test_compile_notice_only_when_the_first_evaluation_is_slow(caplog):
     import logging
     import threading
 
-    from structpred.training.app import compile_notice
+    from structpred.training.trainer import compile_notice
     with caplog.at_level(logging.INFO, logger="structpred.train"):
         with compile_notice(after=60.0):
             pass                                   # warm: done at once

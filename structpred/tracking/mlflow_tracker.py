@@ -61,8 +61,9 @@ def metric_key(name: str) -> str:
 
 
 #: config keys that are not hyperparameters: logged as tags ``config.<key>``, not as params
-#: (run-specific paths would be the first parallel-coordinates axis and always differ)
-_TAG_GROUPS = ("paths.", "tracking.", "hydra.", "checkpoint.")
+#: (run-specific paths would be the first parallel-coordinates axis and always differ; the
+#: loop's extra ``callbacks``, e.g. the fault injector, change no result)
+_TAG_GROUPS = ("paths.", "tracking.", "hydra.", "checkpoint.", "callbacks.")
 _TAG_KEYS = {"resume", "progress", "data.root", "model_ref", "task_name", "tags",
              "optimized_metric", "save_images"}
 

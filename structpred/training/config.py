@@ -106,8 +106,24 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
     _number(cfg, "checkpoint.every", nonneg=True, integer=True)
     _number(cfg, "val_every", nonneg=True, integer=True)
     _check_policy(cfg)
+    _check_callbacks(cfg)
     if cfg.data.get("train") is None:
         raise ConfigError("data.train", "training needs a train split")
+
+
+def _check_callbacks(cfg) -> None:
+    """Each entry of the ``callbacks`` group is null (off) or names its class."""
+    group = cfg.get("callbacks")
+    if group is None:
+        return
+    if not isinstance(group, DictConfig):
+        raise ConfigError("callbacks", f"must be a mapping NAME -> {{_target_: CLASS, ...}}, "
+                          f"got {group!r}")
+    for name, node in group.items():
+        if node is not None and not (isinstance(node, DictConfig) and "_target_" in node):
+            raise ConfigError(f"callbacks.{name}", "needs _target_: the callback's class "
+                              "(a structpred.training.trainer.Callback), e.g. "
+                              "structpred.training.faults.SignalAt")
 
 
 def _check_penalty(cfg) -> None:
@@ -174,7 +190,7 @@ def _check_policy(cfg) -> None:
 
 def build_policy(cfg):
     """The outer loop's robustness policy from the ``trainer`` group (defaults if absent)."""
-    from structpred.training.loop import Policy
+    from structpred.training.trainer import Policy
     group = cfg.get("trainer")
     return Policy(**(OmegaConf.to_container(group, resolve=True) if group else {}))
 
@@ -208,6 +224,30 @@ def build_gradient(cfg):
 def build_optimizer(cfg):
     from structpred.training.optimizers import make_optimizer
     return _build("optimizer", cfg.optimizer, make_optimizer)
+
+
+def build_callbacks(cfg) -> list:
+    """The extra callbacks of the training loop from the ``callbacks`` group: each entry
+    ``NAME: {_target_: CLASS, <its arguments>}`` is instantiated by Hydra (null entries are
+    off); they run after the validation and before the built-in reporters and the
+    checkpointer (``structpred/training/app.py``)."""
+    from hydra.utils import instantiate
+
+    from structpred.training.trainer import Callback
+    _check_callbacks(cfg)
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        try:
+            cb = instantiate(node)
+        except Exception as exc:  # noqa: BLE001 - import and argument errors alike
+            raise ConfigError(f"callbacks.{name}", str(exc).splitlines()[0]) from None
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks.{name}", f"{node._target_} is not a "
+                              "structpred.training.trainer.Callback")
+        out.append(cb)
+    return out
 
 
 def init_params(model, cfg) -> Any:
