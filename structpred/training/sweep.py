@@ -1,5 +1,5 @@
-"""Hydra callback of multirun sweeps (``configs/hydra/default.yaml``): validate every job
-first, compile the kernels once, and track the sweep as one MLflow parent run.
+"""Hydra callback of multirun sweeps (``structpred/configs/hydra/default.yaml``): validate
+every job first, compile the kernels once, and track the sweep as one MLflow parent run.
 
 At the start of a sweep (``on_multirun_start``) every job's config is composed and
 validated, so a bad value stops the sweep with one line (exit 2) before anything runs or
@@ -106,11 +106,12 @@ def warm_kernels(configs, limit: int = 8) -> None:
 
 
 def _drop_launcher_schemas() -> None:
-    """The project's ``configs/hydra/launcher/<name>.yaml`` are complete configs named like
-    the plugins' schemas; Hydra then warns, in every worker process too (they get this
-    process's ConfigStore, and run the app as ``__main__`` pickled by value, so a warning
-    filter does not reach them), that each is "validated against ConfigStore schema with
-    the same name". Dropping those schemas here, before the workers start, silences it."""
+    """The project's ``structpred/configs/hydra/launcher/<name>.yaml`` are complete configs
+    named like the plugins' schemas; Hydra then warns, in every worker process too (they
+    get this process's ConfigStore, and run the app as ``__main__`` pickled by value, so a
+    warning filter does not reach them), that each is "validated against ConfigStore schema
+    with the same name". Dropping those schemas here, before the workers start, silences
+    it."""
     from hydra.core.config_store import ConfigStore
 
     from structpred.configs import CONFIG_DIR
