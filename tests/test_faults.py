@@ -234,7 +234,8 @@ def test_kill_9_then_resume_equals_undisturbed(tmp_path, undisturbed):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-m", "structpred.training.faults", "--kill-at", "3",
                           "--", *OFF, "optimizer.max_iter=4", "checkpoint.every=1",
-                          f"paths.output_dir={run}", "progress=false"],
+                          f"paths.output_dir={run}", "progress=false",
+                          f"hydra.run.dir={run}"],   # Hydra's log too, not <checkout>/outputs
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.npz"
