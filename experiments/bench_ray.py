@@ -38,7 +38,8 @@ def build(images: int, crop):
     C.register_resolvers()
     over = ["+experiment=reproduce_foe24x5_s25", f"data.train.limit={images}",
             f"data.train.crop={'null' if crop is None else crop}", "tracking.enabled=false"]
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "structpred", "configs"),
+                               version_base="1.3"):
         cfg = compose(config_name="train", overrides=over)
     print(C.set_threads(cfg), flush=True)
     model, solver, gradient = C.build_model(cfg), C.build_solver(cfg), C.build_gradient(cfg)

@@ -75,7 +75,7 @@ def parse_args(argv=None):
 def default_tracking_uri() -> str:
     import os
 
-    from structpred.training.config import project_root
+    from structpred.configs import project_root
     return os.environ.get("STRUCTPRED_MLFLOW_URI",
                           f"sqlite:///{project_root()}/mlruns/mlflow.db")
 

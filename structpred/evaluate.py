@@ -27,7 +27,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from structpred.training.config import register_resolvers
+from structpred.configs import CONFIG_PATH, register_resolvers
 
 register_resolvers()
 log = logging.getLogger("structpred.evaluate")
@@ -190,7 +190,7 @@ def _task(cfg, trained):
     """The model's task, written into ``cfg.data.task`` (what the data are degraded with and
     what is logged); a ``data.task`` given by the user must agree with it (ConfigError)."""
     from structpred.data import task_for_model
-    from structpred.training.config import ConfigError
+    from structpred.errors import ConfigError
     requested = cfg.data.get("task")
     if isinstance(requested, DictConfig):
         requested = OmegaConf.to_container(requested, resolve=True)
@@ -204,7 +204,7 @@ def _task(cfg, trained):
     return task
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     from structpred.training.app import guarded
     return guarded(evaluate, cfg)

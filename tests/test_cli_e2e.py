@@ -128,7 +128,7 @@ def test_evaluate_and_denoise_cli(trained):
 
 
 def test_joblib_sweep_makes_parent_with_children_and_summary(tmp_path):
-    """hydra/launcher=joblib (configs/hydra/launcher/joblib.yaml): two jobs in worker
+    """hydra/launcher=joblib (structpred/configs/hydra/launcher/joblib.yaml): two jobs in worker
     processes, children named after their swept value, a parent with the sweep's params,
     counts and best child."""
     store = tmp_path / "store"

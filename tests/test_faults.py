@@ -26,7 +26,7 @@ from structpred.training.checkpoint import (
     CheckpointError, load_checkpoint, load_latest, save_checkpoint,
 )
 from structpred.training.config import ConfigError
-from structpred.training.loop import Policy, Trainer
+from structpred.training.trainer import Callback, Policy, Trainer
 from structpred.training.optimizers import Adam, OuterLBFGS
 from train_helpers import ROOT, compose_cfg
 
@@ -105,17 +105,27 @@ class FaultyQuadratic:
         return SimpleNamespace(loss=loss, grad=grad, items=[ITEM], psnr=0.0), warm
 
 
+class Recorder(Callback):
+    """Keeps (iteration, theta, metrics) of every accepted iteration."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_iteration_end(self, trainer, state, metrics):
+        self.seen.append((state.iteration, state.theta.copy(), metrics))
+
+
 @pytest.mark.parametrize("opt,fault", [(OuterLBFGS(max_iter=15), "nan"),
                                        (Adam(max_iter=400, lr=0.05, batch_size=None), "nan"),
                                        (Adam(max_iter=400, lr=0.05, batch_size=None), "huge")])
 def test_bad_outer_step_is_rejected_shrunk_and_logged(opt, fault, caplog):
     fun = FaultyQuadratic(bad_call=4, fault=fault)
-    seen = []
-    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1),
-                      lambda st, m: seen.append((st.iteration, st.theta.copy(), m)),
+    recorder = Recorder()
+    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1), [recorder],
                       policy=Policy(shrink=0.5), count_inner=False)
     with caplog.at_level(logging.WARNING):
         st = trainer.run()
+    seen = [s for s in recorder.seen if s[0] > 0]   # the steps (0: the initial parameters)
     assert trainer.rejected == 1 and len(trainer.events) == 1
     assert "rejected" in caplog.text
     assert all(np.all(np.isfinite(t)) for _, t, _ in seen)  # no bad theta ever accepted
@@ -127,14 +137,14 @@ def test_bad_outer_step_is_rejected_shrunk_and_logged(opt, fault, caplog):
 
 
 def test_repeated_rejections_stop_the_run():
-    from structpred.training.loop import TrainingFailed
+    from structpred.training.trainer import TrainingFailed
 
     class AlwaysNan(FaultyQuadratic):
         def __call__(self, theta, indices, warm):
             self.bad_call = self.calls + 1
             return super().__call__(theta, indices, warm)
     opt, fun = Adam(max_iter=10), AlwaysNan(0, "nan")
-    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1), lambda st, m: None,
+    trainer = Trainer(opt, fun, opt.init(fun, np.zeros(3), 1),
                       policy=Policy(max_rejections=2), count_inner=False)
     with pytest.raises(TrainingFailed, match="3 outer steps in a row rejected"):
         trainer.run()
@@ -224,7 +234,8 @@ def test_kill_9_then_resume_equals_undisturbed(tmp_path, undisturbed):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-m", "structpred.training.faults", "--kill-at", "3",
                           "--", *OFF, "optimizer.max_iter=4", "checkpoint.every=1",
-                          f"paths.output_dir={run}", "progress=false"],
+                          f"paths.output_dir={run}", "progress=false",
+                          f"hydra.run.dir={run}"],   # Hydra's log too, not <checkout>/outputs
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     ckpt = run / "checkpoints" / "last.npz"
@@ -344,12 +355,12 @@ def test_model_file_write_failure_keeps_the_previous_file(tmp_path, monkeypatch,
     """A model file is written to a temporary file and renamed over the old one: a failure
     in the middle of the write leaves the previous model file whole and no temporary."""
     import structpred as sp
-    import structpred.training.checkpoint as ckpt
+    import structpred.fileio as fileio   # the atomic writer of model files and checkpoints
     model = sp.make_model("foe", num_filters=2, filter_size=3)
     old_theta = model.init_params()
     path = save_model(tmp_path / "structpred_model.npz", model, old_theta, meta={"n": 1})
     before = path.read_bytes()
-    real_write = ckpt._write_durably
+    real_write = fileio._write_durably
 
     def half(tmp, payload):    # the disk fills up half way through the file
         with open(tmp, "wb") as fh:
@@ -365,7 +376,7 @@ def test_model_file_write_failure_keeps_the_previous_file(tmp_path, monkeypatch,
     if fault == "fsync fails":
         monkeypatch.setattr(os, "fsync", fsync)
     else:
-        monkeypatch.setattr(ckpt, "_write_durably", half if fault == "half written" else crash)
+        monkeypatch.setattr(fileio, "_write_durably", half if fault == "half written" else crash)
     with pytest.raises(KeyboardInterrupt if fault == "crash" else OSError):
         save_model(path, model, old_theta + 1.0, meta={"n": 2})
     monkeypatch.undo()

@@ -14,11 +14,11 @@ import pytest
 import ray   # not skipped when missing: the test extra installs it, and CI runs these
 
 import structpred as sp
-import structpred.training.loop as loop
 from structpred.tracking.model_io import read_model_file
 from structpred.training.app import train
 from structpred.training.checkpoint import load_checkpoint
 from structpred.training.executors import LocalExecutor, RayExecutor, RemoteWarm
+from structpred.training.faults import SignalAt
 from structpred.training.optimizers import WarmStart
 from train_helpers import compose_cfg
 
@@ -132,7 +132,7 @@ FAST = ["+experiment=denoise", "+debug=fast", "optimizer.max_iter=3", "checkpoin
         "tracking.log_model=false"]
 
 
-def test_train_checkpoint_resume_with_ray_equals_local(tmp_path, monkeypatch):
+def test_train_checkpoint_resume_with_ray_equals_local(tmp_path):
     """Training with executor=ray, interrupted and resumed with executor=ray (warm starts
     fetched into the checkpoint), ends where an undisturbed executor=local run ends."""
     store = tmp_path / "store"
@@ -141,17 +141,10 @@ def test_train_checkpoint_resume_with_ray_equals_local(tmp_path, monkeypatch):
     theta_local = read_model_file(full / "structpred_model.npz").theta
 
     part = tmp_path / "part"
-    real = loop.step_metrics
-
-    def interrupt(state, elapsed, it_time):
-        if state.iteration == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(state, elapsed, it_time)
-    monkeypatch.setattr(loop, "step_metrics", interrupt)
-    with pytest.raises(SystemExit) as exc:
-        train(compose_cfg(FAST + ["executor=ray"], part, store=store))
+    with pytest.raises(SystemExit) as exc:   # SIGINT once iteration 2 is complete
+        train(compose_cfg(FAST + ["executor=ray"], part, store=store),
+              callbacks=[SignalAt([2], signal.SIGINT)])
     assert exc.value.code == 128 + signal.SIGINT
-    monkeypatch.undo()
     _, state, meta = load_checkpoint(part / "checkpoints" / "last.npz")
     assert state.iteration == 2
     assert all(isinstance(w, WarmStart) and w.y is not None for w in state.warm)

@@ -1,5 +1,5 @@
-"""hydra/launcher=ray (configs/hydra/launcher/ray.yaml): sweeps as Ray tasks through Hydra's
-own launcher plugin. The plugin (hydra-ray-launcher, extra ``ray-launcher``) pins cloudpickle
+"""hydra/launcher=ray (structpred/configs/hydra/launcher/ray.yaml): sweeps as Ray tasks
+through Hydra's own launcher plugin. The plugin (hydra-ray-launcher, extra ``ray-launcher``) pins cloudpickle
 2.2.1, which conflicts with joblib >= 1.5 (the joblib launcher of the test extra), so CI does
 not install it: the sweep test runs where the plugin is installed (README "Scaling out")."""
 from __future__ import annotations

@@ -9,10 +9,11 @@ import mlflow
 import numpy as np
 import pytest
 
-import structpred.training.loop as loop
+import structpred.training.trainer as trainer_module
 from structpred.tracking.model_io import read_model_file
 from structpred.training.app import train
 from structpred.training.checkpoint import load_checkpoint, save_checkpoint
+from structpred.training.faults import SignalAt
 from structpred.training.optimizers import Adam, OuterLBFGS
 from train_helpers import compose_cfg
 
@@ -20,19 +21,14 @@ FAST = ["+experiment=denoise", "+debug=fast", "optimizer.max_iter=4", "checkpoin
         "tracking.log_model=false"]
 
 
-def _interrupt_at(monkeypatch, iteration, signum=signal.SIGINT):
-    """Deliver ``signum`` to this process once the loop has completed ``iteration``."""
-    real = loop.step_metrics
-
-    def patched(state, elapsed, it_time):
-        if state.iteration == iteration:
-            os.kill(os.getpid(), signum)
-        return real(state, elapsed, it_time)
-    monkeypatch.setattr(loop, "step_metrics", patched)
+def _interrupt_at(iteration, signum=signal.SIGINT):
+    """Callbacks that deliver ``signum`` to this process once the loop has completed
+    ``iteration`` (the fault injector)."""
+    return [SignalAt([iteration], signum)]
 
 
 @pytest.mark.parametrize("opt", ["lbfgs", "adam"])
-def test_interrupt_then_resume_equals_uninterrupted(opt, tmp_path, monkeypatch):
+def test_interrupt_then_resume_equals_uninterrupted(opt, tmp_path):
     store = tmp_path / "store"
     extra = [f"optimizer={opt}"] + (["optimizer.batch_size=1"] if opt == "adam" else [])
     full = tmp_path / "full"
@@ -40,11 +36,10 @@ def test_interrupt_then_resume_equals_uninterrupted(opt, tmp_path, monkeypatch):
     theta_full = read_model_file(full / "structpred_model.npz").theta
 
     part = tmp_path / "part"
-    _interrupt_at(monkeypatch, 2, signal.SIGTERM if opt == "adam" else signal.SIGINT)
     with pytest.raises(SystemExit) as exc:
-        train(compose_cfg(FAST + extra, part, store=store))
+        train(compose_cfg(FAST + extra, part, store=store),
+              callbacks=_interrupt_at(2, signal.SIGTERM if opt == "adam" else signal.SIGINT))
     assert exc.value.code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    monkeypatch.undo()
     ckpt = part / "checkpoints" / "last.npz"
     _, state, meta = load_checkpoint(ckpt)
     assert state.iteration == 2
@@ -96,7 +91,7 @@ def _reject_from(monkeypatch, iteration, on_reject=None):
     step is not yet shrunk below 0.05 (L-BFGS' ``step_scale``, Adam's ``lr_scale``): each such
     step is rejected twice in a row (scale 1, then 0.1) and accepted at 0.001, whatever the
     process, so an undisturbed and a resumed run meet the same rejections."""
-    real = loop.bad_step
+    real = trainer_module.bad_step
 
     def patched(good, new, max_increase):
         scale = getattr(good, "step_scale", getattr(good, "lr_scale", 1.0))
@@ -105,7 +100,7 @@ def _reject_from(monkeypatch, iteration, on_reject=None):
                 on_reject()
             return f"injected fault (step scale {scale:g})"
         return real(good, new, max_increase)
-    monkeypatch.setattr(loop, "bad_step", patched)
+    monkeypatch.setattr(trainer_module, "bad_step", patched)
 
 
 def _history(folder):
@@ -147,13 +142,14 @@ def test_resume_after_rejected_steps_equals_undisturbed(opt, when, tmp_path, mon
         if not sent:
             sent.append(True)
             os.kill(os.getpid(), signal.SIGINT)
+    callbacks = []
     if when == "at the first rejection":
         _reject_from(monkeypatch, 3, on_reject=interrupt)
     else:
         _reject_from(monkeypatch, 3)
-        _interrupt_at(monkeypatch, 2)
+        callbacks = _interrupt_at(2)
     with pytest.raises(SystemExit) as exc:
-        train(compose_cfg(cfg, tmp_path))
+        train(compose_cfg(cfg, tmp_path), callbacks=callbacks)
     assert exc.value.code == 128 + signal.SIGINT
     _, _, meta, extra = load_checkpoint(tmp_path / "checkpoints" / "last.npz", with_extra=True)
     rejected = 1 if when == "at the first rejection" else 0
@@ -169,7 +165,7 @@ def test_resume_after_rejected_steps_equals_undisturbed(opt, when, tmp_path, mon
 
 
 def test_checkpoint_extra_states_share_warm_starts_and_old_files_load(tmp_path):
-    from structpred.training.loop import Trainer
+    from structpred.training.trainer import Trainer
     from structpred.training.optimizers import WarmStart
     w = tuple(WarmStart(y=np.full((2, 2), float(i)), u=np.zeros((2, 2))) for i in range(3))
     adam = Adam(seed=1)

@@ -12,7 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from structpred.training.app import iteration_line
+from structpred.training.callbacks import iteration_line
+from structpred.configs import CONFIG_DIR
 from structpred.training.config import ConfigError
 from structpred.tracking.mlflow_tracker import (
     METRIC_KEYS, SWEEP_KEYS_ENV, _unreachable, is_unreachable, metric_key, run_name,
@@ -142,7 +143,7 @@ def test_launcher_configs_compose(tmp_path, name):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"hydra/launcher={name}"],
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
@@ -155,7 +156,7 @@ def test_compile_notice_only_when_the_first_evaluation_is_slow(caplog):
     import logging
     import threading
 
-    from structpred.training.app import compile_notice
+    from structpred.training.trainer import compile_notice
     with caplog.at_level(logging.INFO, logger="structpred.train"):
         with compile_notice(after=60.0):
             pass                                   # warm: done at once

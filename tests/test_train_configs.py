@@ -78,6 +78,7 @@ BAD = [
     ("tracking.retry_wait=-2", "tracking.retry_wait"),
     ("tracking.http_retries=-1", "tracking.http_retries"),
     ("tracking.http_timeout=0", "tracking.http_timeout"),
+    ("+callbacks.mine=5", "callbacks.mine"),              # an extra callback names its class
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 import structpred as sp
 
 LOSS = sp.MSELoss()
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "gradient"
+CONFIGS = Path(__file__).resolve().parents[1] / "structpred" / "configs" / "gradient"
 
 
 def resolve(strategy, model, x, theta, y0=None):

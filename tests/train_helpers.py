@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "structpred" / "configs"   # package data (structpred.configs.CONFIG_DIR)
 DATA = ROOT.parent / "shared" / "data"
 #: runnable experiments (a leading underscore marks a fragment other experiments include)
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")

@@ -29,7 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
-from structpred.data.errors import DataError
+from structpred.errors import DataError
 from structpred.data.images import CONFIG_HINTS, parse_range, read_image_file, to_gray255
 from structpred.data.noise import SPLITS, noise_rng
 from structpred.data.tasks import Task, make_task

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structpred.data.errors import DataError
+from structpred.errors import DataError
 
 log = logging.getLogger("structpred.images")
 

@@ -205,7 +205,7 @@ class ImplicitGradient:
         The threshold of ``"auto"``.
 
     The default ``rtol=1e-8`` is for an accurate gradient (the API, the finite-difference
-    checks). The training config ``configs/gradient/implicit.yaml`` uses ``rtol=1e-6`` on
+    checks). The training config ``structpred/configs/gradient/implicit.yaml`` uses ``rtol=1e-6`` on
     purpose: the adjoint is solved for every image at every outer evaluation, and the
     outer optimiser needs only a few digits of the gradient (README, "Tolerances").
     """

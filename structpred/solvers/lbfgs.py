@@ -106,7 +106,7 @@ class LBFGS:
         unit-norm filters: 600-1200).
 
     The defaults (``gtol=1e-6``, ``maxiter=5000``) are for one accurate solve (the API, the
-    derivative checks). The training config ``configs/solver/lbfgs.yaml`` uses ``gtol=1e-4``,
+    derivative checks). The training config ``structpred/configs/solver/lbfgs.yaml`` uses ``gtol=1e-4``,
     ``maxiter=2000`` on purpose: training repeats the solve for every image at every outer
     evaluation, and the outer optimiser needs only a few digits of the gradient (README,
     "Tolerances").

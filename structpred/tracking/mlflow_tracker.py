@@ -5,7 +5,7 @@ checkout, ``<project root>/mlruns/mlflow.db`` (artifacts beside it in ``mlruns/a
 so that every run shows up in one ``mlflow ui``. ``STRUCTPRED_MLFLOW_URI`` or
 ``tracking.uri=http://host:5000`` selects another store or a server.
 
-Multirun sweeps: :class:`structpred.tracking.callbacks.MlflowSweepCallback` opens a parent
+Multirun sweeps: :class:`structpred.training.sweep.SweepCallback` opens a parent
 run when the sweep starts and exports its id in ``STRUCTPRED_PARENT_RUN_ID``; each job's run
 is started as its child.
 
@@ -61,8 +61,9 @@ def metric_key(name: str) -> str:
 
 
 #: config keys that are not hyperparameters: logged as tags ``config.<key>``, not as params
-#: (run-specific paths would be the first parallel-coordinates axis and always differ)
-_TAG_GROUPS = ("paths.", "tracking.", "hydra.", "checkpoint.")
+#: (run-specific paths would be the first parallel-coordinates axis and always differ; the
+#: loop's extra ``callbacks``, e.g. the fault injector, change no result)
+_TAG_GROUPS = ("paths.", "tracking.", "hydra.", "checkpoint.", "callbacks.")
 _TAG_KEYS = {"resume", "progress", "data.root", "model_ref", "task_name", "tags",
              "optimized_metric", "save_images"}
 
@@ -161,7 +162,7 @@ def is_unreachable(exc: BaseException) -> bool:
 
 
 def _unreachable(uri: str, exc: Exception):
-    from structpred.training.config import ConfigError
+    from structpred.errors import ConfigError
     why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     if not is_unreachable(exc):
         return ConfigError("tracking.uri", f"the MLflow store {uri} failed to open "

@@ -74,7 +74,7 @@ def save_model(path, model, theta, *, solver=None, meta: dict | None = None) -> 
     import io
     from dataclasses import asdict
 
-    from structpred.training.checkpoint import write_atomic
+    from structpred.fileio import write_atomic
     head = {"format": MODEL_FORMAT, "structpred_version": _version(),
             "model": {"name": model.name, **model.config()},
             "solver": ({"name": "lbfgs", **asdict(solver)} if solver is not None else None),

@@ -1,13 +1,16 @@
-"""The training application behind ``python -m structpred.train`` (Hydra-independent: it
-takes a composed config, so tests can run it through Hydra's compose API)."""
+"""The training application behind ``python -m structpred.train``: :func:`train` builds the
+objects and the callbacks a composed config describes and runs the
+:class:`~structpred.training.trainer.Trainer` (Hydra-independent: it takes a composed
+config, so tests can run it through Hydra's compose API). Around it: one-line errors and
+exit statuses (:func:`guarded`, :func:`run_job`), finding a checkpoint to resume, and the
+final evaluation on the held-out images (:func:`finish`)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
-import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -15,19 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from structpred.data import DataError, load_splits
 from structpred.losses import psnr
 from structpred.training import config as C
-from structpred.training.checkpoint import (
-    PREV_NAME, CheckpointError, load_latest, save_checkpoint,
+from structpred.training.callbacks import (
+    BEFORE, Checkpointer, IterationLog, MLflowLogger, ProgressBar, Validation, mean_psnr,
 )
-from structpred.training.loop import (
-    Interrupted, StopFlag, TrainingFailed, Trainer, denoise_all,
-)
+from structpred.training.checkpoint import PREV_NAME, CheckpointError, load_latest
+from structpred.training.loop import Interrupted, StopFlag, denoise_all
+from structpred.training.trainer import Callback, Trainer, TrainingFailed
 
 log = logging.getLogger("structpred.train")
 
 CKPT_NAME = "last.npz"
 EXIT_FAILED = 3   #: the robustness policy stopped the run (README "Robustness")
 CKPT_TAG = "structpred.checkpoint"
-BEFORE = "before"   #: extra checkpoint state: the outer loop's last good state before the current
 
 
 #: the current job's MLflow run id and last error (read by :func:`run_job` in a sweep)
@@ -161,6 +163,107 @@ def _resume_state(ref, optimizer, model):
     return state, meta, extra.get(BEFORE)
 
 
+def _start_run(tracker, cfg, resolved: dict, meta: dict, ckpt_path: Path, out_dir: Path):
+    """Start (or, resuming, continue) the MLflow run: tags, the config as params and as an
+    artifact; a resumed run whose checkpoint's run is in another store gets its history
+    replayed, so the whole training shows in one run."""
+    from structpred.tracking.mlflow_tracker import run_name
+    tracker.start(run_id=meta.get("run_id"), run_name=run_name(resolved),
+                  tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags),
+                        "structpred.debug": str(bool(cfg.tracking.get("debug"))).lower()})
+    JOB["run_id"] = tracker.run_id
+    new_run = tracker.run_id != meta.get("run_id")
+    if new_run:
+        tracker.log_config(resolved)
+    if cfg.resume and new_run:
+        for h in meta.get("history", []):
+            tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, h["step"])
+    tracker.set_tags({CKPT_TAG: str(ckpt_path.resolve()), "structpred.output_dir":
+                      str(out_dir.resolve())})
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    tracker.log_artifact(out_dir / "config.yaml")
+
+
+# ------------------------------------------------------------------------------- main
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
+    """Train the model a config describes; returns ``cfg.optimized_metric`` at the end.
+
+    ``callbacks`` are added to those of the config's ``callbacks`` group (tests pass the
+    fault injector here). Exits with status 2 (through :func:`guarded`) on a bad config or
+    data, 128 + signal number when interrupted, 3 when the robustness policy stops the run;
+    each time the last accepted state is checkpointed."""
+    C.validate(cfg)
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log.info(C.set_threads(cfg))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    model = C.build_model(cfg)
+    solver, gradient = C.build_pair(cfg)
+    optimizer = C.build_optimizer(cfg)
+    theta0 = C.init_params(model, cfg)
+    extra = [*C.build_callbacks(cfg), *callbacks]
+    data = load_splits(cfg.data, min_shape=model.min_image_shape())
+    train_set, val_set, test_set = data["train"], data["val"], data["test"]
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
+
+    state, meta, before = None, {}, None
+    tracker = _tracker(cfg, out_dir)
+    if cfg.resume:
+        ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
+        state, meta, before = _resume_state(ref, optimizer, model)
+    if tracker:
+        _start_run(tracker, cfg, resolved, meta, ckpt_path, out_dir)
+
+    stop = StopFlag()
+    status, fun = "FAILED", None
+    try:
+        from structpred.training.executors import make_executor
+        # executor=local: threads over images here; executor=ray: actors owning shards
+        fun = make_executor(cfg, model, solver, gradient, train_set.pairs(),
+                            on_image=stop.check,
+                            partial_dir=(ckpt_path.parent / "partial"
+                                         if cfg.checkpoint.get("partial", True) else None))
+        log.info("model %s: %d parameters; %d training images",
+                 model.name, model.num_params, len(train_set))
+        trainer = Trainer(
+            optimizer, fun, state, theta0=theta0, names=train_set.names,
+            elapsed0=float(meta.get("elapsed", 0.0)), history=list(meta.get("history", [])),
+            policy=C.build_policy(cfg), count_inner=solver.is_argmin,
+            callbacks=[   # run in this order at each hook
+                Validation(model, solver, val_set, cfg.val_every),
+                *extra,   # e.g. the fault injector: before anything reports or saves
+                *([MLflowLogger(tracker)] if tracker else []),
+                *([ProgressBar(optimizer.max_iter)] if _progress_enabled(cfg) else []),
+                IterationLog(optimizer.max_iter),
+                Checkpointer(ckpt_path, optimizer, every=cfg.checkpoint.every,
+                             save_warm=cfg.checkpoint.save_warm, config=resolved,
+                             tracker=tracker, executor=fun),
+            ])
+        trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed
+        with stop:
+            state = trainer.run()
+            result = finish(cfg, model, solver, theta0, state, test_set, val_set,
+                            trainer.history, out_dir, tracker, trainer.reason)
+        status = "FINISHED"
+        return result
+    except (Interrupted, TrainingFailed) as exc:
+        # the callbacks saved the last accepted state and tagged the run
+        killed = isinstance(exc, Interrupted)
+        JOB["error"] = str(exc)
+        status = "KILLED" if killed else "FAILED"
+        run = f" or resume={tracker.run_id}" if tracker else ""
+        print(f"{'' if killed else 'error: '}{exc}: checkpoint saved to {ckpt_path}; "
+              f"continue with resume={ckpt_path}{run}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + exc.signum if killed else EXIT_FAILED) from None
+    finally:
+        if fun is not None:
+            fun.close()
+        if tracker:
+            tracker.end(status)
+
+
+# ----------------------------------------------------------------------------- the end
 def _psnrs(ys, data) -> list[float]:
     return [psnr(y, t) for y, t in zip(ys, data.clean)]
 
@@ -176,249 +279,11 @@ def _summary(test, init_ps, final_ps) -> str:
     return "\n".join(lines), float(np.mean(noisy))
 
 
-# ------------------------------------------------------------------------------- main
-def train(cfg: DictConfig) -> float | None:
-    """Train the model a config describes; returns ``cfg.optimized_metric`` at the end."""
-    C.validate(cfg)
-    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    log.info(C.set_threads(cfg))
-    model = C.build_model(cfg)
-    solver, gradient = C.build_pair(cfg)
-    optimizer = C.build_optimizer(cfg)
-    theta0 = C.init_params(model, cfg)
-    data = load_splits(cfg.data, min_shape=model.min_image_shape())
-    train_set, val_set, test_set = data["train"], data["val"], data["test"]
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
-
-    state, meta, before = None, {}, None
-    tracker = _tracker(cfg, out_dir)
-    if cfg.resume:
-        ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
-        state, meta, before = _resume_state(ref, optimizer, model)
-    if tracker:
-        from structpred.tracking.mlflow_tracker import run_name
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        tracker.start(run_id=meta.get("run_id"), run_name=run_name(resolved),
-                      tags={"structpred.task": "train", "structpred.tags": ",".join(cfg.tags),
-                            "structpred.debug": str(bool(cfg.tracking.get("debug"))).lower()})
-        JOB["run_id"] = tracker.run_id
-        new_run = tracker.run_id != meta.get("run_id")
-        if new_run:
-            tracker.log_config(resolved)
-        if cfg.resume and new_run:
-            # the checkpoint's run is in another store: replay its curve into the new run,
-            # so the whole training shows in one run
-            for h in meta.get("history", []):
-                tracker.log_metrics({k: v for k, v in h.items() if k != "step"}, h["step"])
-        tracker.set_tags({CKPT_TAG: str(ckpt_path.resolve()), "structpred.output_dir":
-                          str(out_dir.resolve())})
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-        tracker.log_artifact(out_dir / "config.yaml")
-    history: list[dict] = list(meta.get("history", []))
-
-    stop = StopFlag()
-    bar = trainer = None
-    status = "FAILED"
-    fun = None
-    try:
-        from structpred.training.executors import make_executor
-        # executor=local: threads over images here; executor=ray: actors owning shards
-        fun = make_executor(cfg, model, solver, gradient, train_set.pairs(),
-                            on_image=stop.check,
-                            partial_dir=(ckpt_path.parent / "partial"
-                                         if cfg.checkpoint.get("partial", True) else None))
-        with stop, contextlib.ExitStack() as scope:
-            log.info("model %s: %d parameters; %d training images",
-                     model.name, model.num_params, len(train_set))
-            if state is None:
-                t0 = time.perf_counter()
-                with compile_notice():
-                    state = optimizer.init(fun, theta0, len(train_set))
-                log.info("initial evaluation in %.1f s", time.perf_counter() - t0)
-            if state.last is not None and state.iteration == 0:
-                m0 = _metrics0(state)
-                _validate_into(m0, model, state.theta, val_set, solver, cfg, 0)
-                log.info("%s", iteration_line(0, optimizer.max_iter, m0))
-                history.append({"step": 0, **m0})
-                if tracker:
-                    tracker.log_metrics(m0, 0)
-            if _progress_enabled(cfg):
-                from tqdm import tqdm
-                from tqdm.contrib.logging import logging_redirect_tqdm
-                bar = tqdm(total=optimizer.max_iter, initial=state.iteration, desc="outer",
-                           unit="it", dynamic_ncols=True)
-                # console log lines are written above the bar instead of through it
-                scope.enter_context(logging_redirect_tqdm())
-
-            clock = [time.perf_counter()]   # end of the previous iteration's step
-
-            def on_step(st, metrics):
-                _validate_into(metrics, model, st.theta, val_set, solver, cfg, st.iteration)
-                history.append({"step": st.iteration, **metrics})
-                if tracker:
-                    tracker.log_metrics(metrics, st.iteration)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['train_loss']:.4g}",
-                                    psnr=f"{metrics['train_psnr']:.2f}",
-                                    val=f"{metrics.get('val_psnr', float('nan')):.2f}",
-                                    inner=f"{metrics['inner_iters_mean']:.0f}",
-                                    cg=f"{metrics['adjoint_iters_mean']:.0f}")
-                # one line per outer iteration in train.log (and on the console, above the
-                # bar if there is one), whatever the progress setting
-                now = time.perf_counter()
-                seconds, clock[0] = now - clock[0], now
-                log.info("%s", iteration_line(st.iteration, optimizer.max_iter, metrics,
-                                              seconds))
-                every = int(cfg.checkpoint.every)
-                if every and st.iteration % every == 0:
-                    _save(ckpt_path, optimizer, st, cfg, tracker, history, metrics["wall_time"],
-                          trainer, fun)
-
-            trainer = Trainer(optimizer, fun, state, on_step,
-                              elapsed0=float(meta.get("elapsed", 0.0)),
-                              policy=C.build_policy(cfg), names=train_set.names,
-                              count_inner=solver.is_argmin)
-            trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed
-            state = trainer.run()
-            if bar is not None:
-                bar.close()
-                bar = None
-            log.info("training stopped: %s", trainer.reason)
-            elapsed = history[-1]["wall_time"] if history and "wall_time" in history[-1] else 0
-            _save(ckpt_path, optimizer, state, cfg, tracker, history, elapsed, trainer, fun)
-            if tracker:
-                tracker.log_artifact(ckpt_path, "checkpoints")
-            result = _finish(cfg, model, solver, theta0, state, test_set, val_set, history,
-                             out_dir, tracker, trainer.reason)
-            status = "FINISHED"
-            return result
-    except (Interrupted, TrainingFailed) as exc:
-        last = trainer.state if trainer is not None else state
-        if last is not None:
-            elapsed = history[-1].get("wall_time", 0.0) if history else 0.0
-            _save(ckpt_path, optimizer, last, cfg, tracker, history, elapsed, trainer, fun)
-            if tracker:
-                tracker.log_artifact(ckpt_path, "checkpoints")
-                tracker.set_tags({"structpred.stop_reason": str(exc)[:5000]})
-        killed = isinstance(exc, Interrupted)
-        JOB["error"] = str(exc)
-        status = "KILLED" if killed else "FAILED"
-        if bar is not None:
-            bar.close()
-            bar = None
-        run = f" or resume={tracker.run_id}" if tracker else ""
-        print(f"{'' if killed else 'error: '}{exc}: checkpoint saved to {ckpt_path}; "
-              f"continue with resume={ckpt_path}{run}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + exc.signum if killed else EXIT_FAILED) from None
-    finally:
-        if bar is not None:
-            bar.close()
-        if fun is not None:
-            fun.close()
-        if tracker:
-            tracker.end(status)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(max(seconds, 0.0)))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-def iteration_line(it: int, max_iter: int, m: dict, seconds: float | None = None) -> str:
-    """The log line of outer iteration ``it``: loss, PSNRs, gradient norm, inner and adjoint
-    iterations (mean/max), evaluations, the seconds of this iteration (``seconds``, with its
-    validation; else the step's ``iter_time``), the total and the ETA (the mean time per
-    iteration so far times the iterations left)."""
-    val = f"{m['val_psnr']:.2f}" if "val_psnr" in m else "-"
-    text = (f"iter {it}/{max_iter}: loss {m['train_loss']:.5g}, train PSNR "
-            f"{m['train_psnr']:.2f}, val PSNR {val}, |g| {m['grad_norm']:.3g}, inner "
-            f"{m['inner_iters_mean']:.1f}/{m['inner_iters_max']:.0f}, adjoint "
-            f"{m['adjoint_iters_mean']:.1f}/{m['adjoint_iters_max']:.0f}")
-    if "evals" in m:
-        text += f", {m['evals']:.0f} evals"
-    if it == 0:
-        return text + " (initial parameters)"
-    elapsed = float(m.get("wall_time", 0.0))
-    seconds = float(m.get("iter_time", 0.0) if seconds is None else seconds)
-    text += f", {seconds:.2f} s (total {_duration(elapsed)}"
-    if max_iter > it:
-        text += f", ETA {_duration(elapsed / it * (max_iter - it))}"
-    return text + ")"
-
-
-class compile_notice:
-    """Says, after ``after`` seconds, that the first evaluation is compiling the Numba
-    kernels (so a user does not think the program hangs); says nothing when the caches are
-    warm and the evaluation is quick."""
-
-    def __init__(self, after: float = 10.0):
-        import threading
-        self.timer = threading.Timer(after, log.info, ("the first evaluation is still running: "
-                                                       "it compiles the Numba kernels (tens of "
-                                                       "seconds, once; cached on disk)",))
-        self.timer.daemon = True
-
-    def __enter__(self):
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.cancel()
-        return False
-
-
-def _metrics0(state) -> dict:
-    r = state.last
-    return {"train_loss": float(r.loss), "train_psnr": float(r.psnr),
-            "grad_norm": float(np.linalg.norm(r.grad)),
-            "inner_iters_mean": float(np.mean([i.solve.iterations for i in r.items])),
-            "inner_iters_max": float(np.max([i.solve.iterations for i in r.items])),
-            "adjoint_iters_mean": float(np.mean([i.adjoint.iterations for i in r.items])),
-            "adjoint_iters_max": float(np.max([i.adjoint.iterations for i in r.items])),
-            "adjoint_residual_max": float(max(i.adjoint.residual for i in r.items)),
-            "wall_time": 0.0}
-
-
-def _validate_into(metrics, model, theta, val_set, solver, cfg, step):
-    every = int(cfg.val_every)
-    if val_set is None or not every or step % every:
-        return
-    ys = denoise_all(model, theta, val_set.noisy, solver)
-    metrics["val_psnr"] = float(np.mean(_psnrs(ys, val_set)))
-
-
-def _save(path, optimizer, state, cfg, tracker, history, elapsed, trainer=None, executor=None):
-    """Checkpoint ``state`` with the metadata and, given the ``trainer``, its rejection
-    memory (counts and events in the metadata; the state it goes back to, if it can).
-    The warm starts are fetched from the ``executor`` if it holds them elsewhere (Ray)."""
-    from dataclasses import replace
-    extra = {}
-    if trainer is not None and trainer.needs_before and trainer.before is not None:
-        extra[BEFORE] = trainer.before
-    if not cfg.checkpoint.save_warm:
-        state = replace(state, warm=(None,) * len(state.warm))
-        extra = {k: replace(v, warm=(None,) * len(v.warm)) for k, v in extra.items()}
-    elif executor is not None:
-        state = replace(state, warm=executor.materialize(state.warm))
-        extra = {k: replace(v, warm=executor.materialize(v.warm)) for k, v in extra.items()}
-    meta = {"run_id": tracker.run_id if tracker else None, "history": history,
-            "elapsed": float(elapsed), "config": OmegaConf.to_container(cfg, resolve=True)}
-    if trainer is not None:
-        meta["trainer"] = trainer.memory()
-    try:
-        save_checkpoint(path, optimizer.name, state, meta, extra_states=extra)
-    except CheckpointError as exc:  # e.g. disk full: keep training, the old file is intact
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-
-
-def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_dir, tracker,
-            reason):
-    """Summary on the held-out images, model file, pictures, MLflow artifacts."""
+def finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_dir, tracker,
+           reason):
+    """After training: the summary on the held-out images, the model file, pictures, the
+    final metrics and artifacts in MLflow (and the pyfunc model, registered if asked);
+    returns ``cfg.optimized_metric`` (None if absent or not finite)."""
     from structpred.tracking import plots
     from structpred.tracking.model_io import MODEL_ARTIFACT_DIR, MODEL_FILE, save_model
     theta = state.theta
@@ -431,8 +296,8 @@ def _finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_d
     final = {"test_psnr_noisy": noisy_mean, "test_psnr_init": float(np.mean(init_ps)),
              "test_psnr": float(np.mean(final_ps))}
     if val_set is not None:
-        final["val_psnr"] = float(np.mean(_psnrs(denoise_all(model, theta, val_set.noisy,
-                                                             solver), val_set)))
+        final["val_psnr"] = mean_psnr(denoise_all(model, theta, val_set.noisy, solver),
+                                      val_set)
     model_file = save_model(out_dir / MODEL_FILE, model, theta, solver=solver,
                             meta={"sigma": float(cfg.data.sigma), "iterations": state.iteration,
                                   **final})

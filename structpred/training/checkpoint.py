@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from structpred.fileio import write_atomic
+from structpred.solvers import Status
 from structpred.training.optimizers import AdamState, LBFGSState, StepInfo, WarmStart
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ STATES = {"lbfgs": LBFGSState, "adam": AdamState}
 SKIP = ("last",)  # the last BatchResult: derived, recomputed after a resume
 FORMAT_VERSION = 2  #: 1: no version or digest (still readable); 2: version + SHA-256
 PREV_NAME = "prev.npz"
+#: ``StepInfo.status`` as checkpoints written before it was a :class:`Status` stored it (a
+#: string compared by value); read back as the members. Newer files store the member's name.
+OLD_STEP_STATUS = {"ok": Status.ACCEPTED,
+                   "ok (sufficient decrease only)": Status.SUFFICIENT_DECREASE,
+                   "line search failed": Status.LINESEARCH_FAILED}
 
 
 class CheckpointError(ValueError):
@@ -59,8 +66,8 @@ def _encode(key, value, arrays: dict, seen: dict | None = None):
         if value.u is not None:   # unrolled gradients have no adjoint to warm-start
             arrays[key + "/u"] = value.u
         return {"warm": key}
-    if isinstance(value, StepInfo):
-        return {"info": asdict(value)}
+    if isinstance(value, StepInfo):   # the status by name: readable in the JSON header
+        return {"info": {**asdict(value), "status": Status(value.status).name}}
     if isinstance(value, tuple):
         return {"tuple": [_encode(f"{key}/{i}", v, arrays, seen) for i, v in enumerate(value)]}
     return {"value": value}
@@ -80,10 +87,19 @@ def _decode(spec, arrays, cache: dict | None = None):
                                  u=None if u is None else np.array(u))
         return cache[k]
     if "info" in spec:
-        return StepInfo(**spec["info"])
+        return StepInfo(**{**spec["info"], "status": _step_status(spec["info"].get("status"))})
     if "tuple" in spec:
         return tuple(_decode(s, arrays, cache) for s in spec["tuple"])
     return spec["value"]
+
+
+def _step_status(value) -> Status:
+    """The :class:`Status` of a stored ``StepInfo.status``: a member's name, or the string
+    of an older checkpoint (:data:`OLD_STEP_STATUS`); missing: ``ACCEPTED``, the default.
+    Anything else raises KeyError (the file does not match this structpred)."""
+    if value is None:
+        return Status.ACCEPTED
+    return OLD_STEP_STATUS[value] if value in OLD_STEP_STATUS else Status[value]
 
 
 def _encode_state(prefix: str, state, arrays: dict, seen: dict) -> dict:
@@ -108,33 +124,6 @@ def _digest(arrays: dict) -> str:
 def previous_path(path) -> Path:
     """Where the checkpoint that ``path`` replaced is kept."""
     return Path(path).with_name(PREV_NAME)
-
-
-def _write_durably(tmp: Path, payload) -> None:
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_atomic(path, payload, *, before_replace=None) -> Path:
-    """Write the bytes ``payload`` to ``path`` atomically: to a temporary file in the same
-    folder, flushed to disk, then renamed over ``path`` (``os.replace``), so a crash or a
-    full disk never leaves half a file under the real name. ``before_replace()`` runs just
-    before the rename. On any error the temporary file is removed, ``path`` is left as it
-    was, and the error is re-raised."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_durably(tmp, payload)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _keep_previous(path: Path) -> None:

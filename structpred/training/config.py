@@ -9,41 +9,16 @@ line and exit with status 2 (no traceback).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-EXIT_CONFIG = 2
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str()`` is ``"<key>: <what is wrong>"``."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-# ------------------------------------------------------------------------- resolvers
-def project_root() -> str:
-    """The nearest ancestor of the working directory holding ``configs/train.yaml`` and
-    ``pyproject.toml`` (the structpred checkout), else the working directory. This is where
-    the default MLflow store (``mlruns/mlflow.db``) and Hydra outputs live, so every run from
-    anywhere inside the checkout lands in the same store."""
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "configs" / "train.yaml").is_file() and (d / "pyproject.toml").is_file():
-            return str(d)
-    return str(here)
-
-
-def register_resolvers() -> None:
-    """Register ``${structpred_root:}`` (idempotent)."""
-    if not OmegaConf.has_resolver("structpred_root"):
-        OmegaConf.register_new_resolver("structpred_root", project_root)
-
+# where runs write and how the configs' ${structpred_root:} resolves: beside the configs
+from structpred.configs import register_resolvers
+# defined below every layer (tracking and the data loaders raise them too); imported here
+# because every builder of this module raises them
+from structpred.errors import EXIT_CONFIG, ConfigError  # noqa: F401
 
 register_resolvers()
 # MLflow's artifact progress bars would interleave with ours
@@ -131,8 +106,24 @@ def validate(cfg: DictConfig, *, training: bool = True) -> None:
     _number(cfg, "checkpoint.every", nonneg=True, integer=True)
     _number(cfg, "val_every", nonneg=True, integer=True)
     _check_policy(cfg)
+    _check_callbacks(cfg)
     if cfg.data.get("train") is None:
         raise ConfigError("data.train", "training needs a train split")
+
+
+def _check_callbacks(cfg) -> None:
+    """Each entry of the ``callbacks`` group is null (off) or names its class."""
+    group = cfg.get("callbacks")
+    if group is None:
+        return
+    if not isinstance(group, DictConfig):
+        raise ConfigError("callbacks", f"must be a mapping NAME -> {{_target_: CLASS, ...}}, "
+                          f"got {group!r}")
+    for name, node in group.items():
+        if node is not None and not (isinstance(node, DictConfig) and "_target_" in node):
+            raise ConfigError(f"callbacks.{name}", "needs _target_: the callback's class "
+                              "(a structpred.training.trainer.Callback), e.g. "
+                              "structpred.training.faults.SignalAt")
 
 
 def _check_penalty(cfg) -> None:
@@ -199,7 +190,7 @@ def _check_policy(cfg) -> None:
 
 def build_policy(cfg):
     """The outer loop's robustness policy from the ``trainer`` group (defaults if absent)."""
-    from structpred.training.loop import Policy
+    from structpred.training.trainer import Policy
     group = cfg.get("trainer")
     return Policy(**(OmegaConf.to_container(group, resolve=True) if group else {}))
 
@@ -234,7 +225,7 @@ def build_pair(cfg):
     """``(solver, gradient)`` for training: the ``gradient`` group's method, and the
     ``solver`` group's solver for the implicit gradient, or, for the unrolled and truncated
     gradients, their own heavy-ball iteration (``gradient.solver``, set by the ``gradient.*``
-    keys; the ``solver`` group is not used with them, as configs/gradient/unrolled.yaml
+    keys; the ``solver`` group is not used with them, as structpred/configs/gradient/unrolled.yaml
     says). The pair is checked (``structpred.resolve_pair``)."""
     from structpred.objective import resolve_pair
     gradient = build_gradient(cfg)
@@ -248,6 +239,30 @@ def build_pair(cfg):
 def build_optimizer(cfg):
     from structpred.training.optimizers import make_optimizer
     return _build("optimizer", cfg.optimizer, make_optimizer)
+
+
+def build_callbacks(cfg) -> list:
+    """The extra callbacks of the training loop from the ``callbacks`` group: each entry
+    ``NAME: {_target_: CLASS, <its arguments>}`` is instantiated by Hydra (null entries are
+    off); they run after the validation and before the built-in reporters and the
+    checkpointer (``structpred/training/app.py``)."""
+    from hydra.utils import instantiate
+
+    from structpred.training.trainer import Callback
+    _check_callbacks(cfg)
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        try:
+            cb = instantiate(node)
+        except Exception as exc:  # noqa: BLE001 - import and argument errors alike
+            raise ConfigError(f"callbacks.{name}", str(exc).splitlines()[0]) from None
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks.{name}", f"{node._target_} is not a "
+                              "structpred.training.trainer.Callback")
+        out.append(cb)
+    return out
 
 
 def init_params(model, cfg) -> Any:

@@ -146,7 +146,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        from structpred.training.config import ConfigError
+        from structpred.errors import ConfigError
         raise ConfigError("executor", "executor=ray needs Ray: pip install -e \".[ray]\" "
                           "(or pip install 'ray>=2.9')") from None
     return ray

@@ -1,10 +1,15 @@
 """Fault injection for the robustness tests and the soak run (README "Robustness").
 
 ``python -m structpred.training.faults --kill-at N [--kill-at M ...] -- <train overrides>``
-runs ``python -m structpred.train <overrides>`` in this process and sends itself SIGKILL
-right after completing outer iteration N (before that iteration is checkpointed or logged):
-the harshest interruption, with no chance to clean up. Nothing here is imported by the
-training application itself.
+runs ``python -m structpred.train <overrides>`` in this process with the callback
+:class:`SignalAt` added to the training loop, which sends this process SIGKILL right after
+it completes outer iteration N (before that iteration is checkpointed or logged): the
+harshest interruption, with no chance to clean up.
+
+The callback enters through the config like any other (``+callbacks.NAME._target_=...``,
+the ``callbacks`` group of ``train.yaml``), so the loop is the one a user runs; tests pass
+it to :func:`structpred.training.app.train` directly (with SIGINT or SIGTERM, to test a
+clean stop).
 """
 from __future__ import annotations
 
@@ -14,19 +19,32 @@ import runpy
 import signal
 import sys
 
+from structpred.training.trainer import Callback
 
-def kill_at(iterations) -> None:
-    """Make the outer loop SIGKILL this process once it completes any of ``iterations``."""
-    import structpred.training.loop as loop
-    targets = {int(i) for i in iterations}
-    real = loop.step_metrics
 
-    def step_metrics(state, elapsed, iter_time):
-        if state.iteration in targets:
+class SignalAt(Callback):
+    """Send ``signum`` (SIGKILL by default; a number or a name such as ``"SIGINT"``) to this
+    process when the loop completes any of the outer ``iterations``, right after the
+    iteration's metrics are complete and before anything reports or saves them."""
+
+    def __init__(self, iterations, signum=signal.SIGKILL):
+        self.iterations = {int(i) for i in iterations}
+        self.signum = signal.Signals[signum] if isinstance(signum, str) else \
+            signal.Signals(int(signum))
+
+    def on_iteration_end(self, trainer, state, metrics):
+        if state.iteration and state.iteration in self.iterations:
             sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(state, elapsed, iter_time)
-    loop.step_metrics = step_metrics
+            os.kill(os.getpid(), self.signum)
+
+
+def overrides(kill_at) -> list[str]:
+    """The config overrides that add a :class:`SignalAt` with SIGKILL at ``kill_at``."""
+    if not kill_at:
+        return []
+    key = "+callbacks.fault_injector"
+    return [f"{key}._target_=structpred.training.faults.SignalAt",
+            f"{key}.iterations=[{','.join(str(int(i)) for i in kill_at)}]"]
 
 
 def main(argv=None) -> None:
@@ -36,10 +54,9 @@ def main(argv=None) -> None:
                    help="SIGKILL after this outer iteration (repeatable)")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then the train overrides")
     args = p.parse_args(argv)
-    overrides = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
-    kill_at(args.kill_at)
-    # as ``python -m structpred.train``, so Hydra finds the configs beside that module
-    sys.argv = ["structpred.train", *overrides]
+    given = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
+    # as ``python -m structpred.train``: the same Hydra application and configs
+    sys.argv = ["structpred.train", *given, *overrides(args.kill_at)]
     runpy.run_module("structpred.train", run_name="__main__", alter_sys=True)
 
 

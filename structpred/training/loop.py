@@ -1,24 +1,27 @@
-"""The outer loop: optimiser steps, per-iteration metrics, validation, checkpoints, a clean
-stop on SIGINT/SIGTERM, and the robustness policy (:class:`Policy`): outer steps that give a
-non-finite or much larger loss are rejected and retried shorter from the last good
-parameters; inner solves that do not converge are reported per image and, past a fraction,
-stop the run."""
+"""The training objective and the stop signal of the outer loop (the loop itself is
+:class:`structpred.training.trainer.Trainer`).
+
+* :class:`TrainObjective`: ``fun(theta, indices, warm) -> (BatchResult, warm)`` over the
+  training pairs, with its per-image partial-result cache (a killed run's resume loses only
+  the images in flight).
+* :class:`StopFlag` / :class:`Interrupted`: SIGINT/SIGTERM ask the objective to stop after
+  the current image; the last complete iteration is then checkpointed.
+* :func:`denoise_all`: the minimisers of a list of images (validation, the final summary).
+"""
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import pickle
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from structpred.fileio import write_atomic
 from structpred.objective import BatchResult, batch_loss_and_grad
-from structpred.training.checkpoint import write_atomic
 from structpred.training.optimizers import WarmStart
 
 log = logging.getLogger(__name__)
@@ -30,51 +33,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
-
-
-class TrainingFailed(Exception):
-    """The robustness policy stopped the run (too many unconverged inner solves, or too many
-    rejected outer steps in a row); the last good state is kept."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What the outer loop tolerates (config group ``trainer``).
-
-    Parameters
-    ----------
-    max_unconverged_fraction : float or None
-        Stop the run when, in an accepted outer iteration, more than this fraction of the
-        images' inner solves did not converge (None: never stop; each is still reported).
-        Only argmin gradients count: an unrolled prediction stops at its step budget by design.
-    max_loss_increase : float or None
-        Reject a step whose loss exceeds the last good loss by more than this factor of its
-        magnitude (None: only non-finite losses and gradients are rejected).
-    shrink : float
-        The step (line-search start, or Adam's learning rate) is multiplied by this after a
-        rejected step.
-    max_rejections : int
-        Consecutive rejected steps after which the run stops.
-    """
-
-    max_unconverged_fraction: float | None = 0.5
-    max_loss_increase: float | None = 10.0
-    shrink: float = 0.1
-    max_rejections: int = 5
-
-
-def _finite(*values) -> bool:
-    return all(v is not None and bool(np.all(np.isfinite(v))) for v in values)
-
-
-def bad_step(good, new, max_increase) -> str | None:
-    """Why ``new`` (the state after a step from ``good``) must be rejected, or None."""
-    if not _finite(new.theta, new.loss, new.grad):
-        return "non-finite loss, gradient or parameters"
-    if (max_increase is not None and math.isfinite(good.loss)
-            and new.loss > good.loss + max_increase * abs(good.loss)):
-        return f"loss increased from {good.loss:.4g} to {new.loss:.4g}"
-    return None
 
 
 class StopFlag:
@@ -195,157 +153,3 @@ def denoise_all(model, theta, noisy: Sequence[np.ndarray], solver, on_image=None
         if on_image is not None:
             on_image()
     return out
-
-
-def step_metrics(state, elapsed: float, iter_time: float) -> dict:
-    """The per-iteration metrics of a state whose ``last`` BatchResult is set."""
-    r = state.last
-    inner = [it.solve.iterations for it in r.items]
-    adj = [it.adjoint.iterations for it in r.items]
-    return {
-        "train_loss": float(r.loss),
-        "train_psnr": float(r.psnr),
-        "grad_norm": float(np.linalg.norm(r.grad)),
-        "inner_iters_mean": float(np.mean(inner)),
-        "inner_iters_max": float(np.max(inner)),
-        "adjoint_iters_mean": float(np.mean(adj)),
-        "adjoint_iters_max": float(np.max(adj)),
-        "adjoint_residual_max": float(max(it.adjoint.residual for it in r.items)),
-        "adjoint_unconverged": float(sum(not getattr(it.adjoint, "converged", True)
-                                         for it in r.items)),
-        "adjoint_minres": float(sum(bool(getattr(it.adjoint, "negative_curvature", False))
-                                    for it in r.items)),
-        "evals": float(state.info.n_evals),
-        "step_size": float(state.info.step_size),
-        "wall_time": float(elapsed),
-        "iter_time": float(iter_time),
-    }
-
-
-@dataclass
-class Trainer:
-    """Runs ``optimizer`` from ``state`` until it terminates; ``state`` always holds the last
-    complete, accepted iterate (what a checkpoint saves on interruption).
-
-    ``on_step(state, metrics)`` is called after every accepted iteration (logging,
-    checkpoints, validation); ``elapsed0`` continues the wall-clock count of a resumed run.
-    ``policy`` decides which steps are rejected and when the run stops (:class:`Policy`);
-    ``names`` are the training images' names (for per-image warnings) and ``count_inner``
-    says whether inner convergence counts (argmin gradients).
-
-    The *rejection memory* (``rejected``, ``streak``, ``events`` and ``before``) is what a
-    checkpoint keeps besides the optimiser state (:meth:`memory`, :meth:`restore`), so that a
-    resumed run rejects, shrinks and goes back exactly as an undisturbed one would.
-    """
-
-    optimizer: object
-    fun: Callable
-    state: object
-    on_step: Callable
-    elapsed0: float = 0.0
-    policy: Policy = Policy()
-    names: Sequence[str] = ()
-    count_inner: bool = True
-    reason: str | None = field(default=None, init=False)
-    rejected: int = field(default=0, init=False)          #: rejected steps in total
-    streak: int = field(default=0, init=False)            #: rejected steps in a row, now
-    events: list = field(default_factory=list, init=False)  #: rejections and failures
-    #: the accepted state before ``state`` (where an optimiser whose loss is that of the
-    #: previous theta goes back to after a rejection); None at the start
-    before: object = field(default=None, init=False, repr=False)
-
-    def memory(self) -> dict:
-        """The JSON-able part of the rejection memory (``before`` is a state: the
-        checkpoint stores it with the optimiser state, see :attr:`needs_before`)."""
-        return {"rejected": int(self.rejected), "streak": int(self.streak),
-                "events": [dict(e) for e in self.events]}
-
-    @property
-    def needs_before(self) -> bool:
-        """Whether a rejection can go back to :attr:`before` (so a checkpoint must keep it)."""
-        return not self.optimizer.loss_at_new_theta
-
-    def restore(self, memory: dict | None = None, before=None) -> None:
-        """Continue with the rejection memory of a checkpoint (None or missing keys, as in
-        checkpoints written before it was kept: none)."""
-        memory = memory or {}
-        self.rejected = int(memory.get("rejected", 0))
-        self.streak = int(memory.get("streak", 0))
-        self.events = [dict(e) for e in memory.get("events", [])]
-        self.before = before
-
-    def run(self):
-        t_start = time.perf_counter() - self.elapsed0
-        while True:
-            self.reason = self.optimizer.terminate(self.state)
-            if self.reason is not None:
-                return self.state
-            t0 = time.perf_counter()
-            new = self.optimizer.step(self.fun, self.state)
-            if new.info.status == "line search failed":
-                self.state = new
-                continue  # terminate() reports it
-            why = bad_step(self.state, new, self.policy.max_loss_increase)
-            if why is not None:
-                self.streak += 1
-                self.state = self._reject(new, why, self.streak, self.before)
-                continue
-            self.before, self.streak = self.state, 0
-            now = time.perf_counter()
-            self.state = new
-            metrics = step_metrics(new, now - t_start, now - t0)
-            metrics["rejected_steps"] = float(self.rejected)
-            metrics.update(self._check_inner(new))
-            self.on_step(new, metrics)
-            self._enforce_inner(new, metrics)
-
-    def _reject(self, new, why: str, streak: int, before):
-        """Log the rejected step and return the state to retry from, with a shorter step.
-
-        An optimiser whose loss is that of the previous theta (Adam) learns that theta was
-        bad only one step later, so it goes back to the state before it."""
-        self.rejected += 1
-        anchor = self.state
-        if not self.optimizer.loss_at_new_theta and before is not None:
-            anchor = before
-        event = {"step": new.iteration, "event": "rejected", "reason": why,
-                 "back_to": anchor.iteration}
-        self.events.append(event)
-        log.warning("outer step %d rejected (%s): back to the parameters of iteration %d, "
-                    "step shrunk by %g", new.iteration, why, anchor.iteration,
-                    self.policy.shrink ** streak)
-        if streak > self.policy.max_rejections:
-            raise TrainingFailed(f"{streak} outer steps in a row rejected (last: {why}); "
-                                 f"stopping at iteration {self.state.iteration} "
-                                 "(trainer.max_rejections)")
-        return self.optimizer.shrink(anchor, self.policy.shrink ** streak)
-
-    def _unconverged(self, state) -> list[tuple[str, object]]:
-        """(image name, SolveResult) of each inner solve of ``state`` that did not converge."""
-        items = state.last.items
-        idx = (range(len(items)) if len(items) == len(self.names)
-               else getattr(self.fun, "last_indices", range(len(items))))
-        names = [self.names[i] if i < len(self.names) else f"#{i}" for i in idx]
-        return [(n, it.solve) for n, it in zip(names, items) if not it.solve.converged]
-
-    def _check_inner(self, state) -> dict:
-        """Warn per image whose inner solve did not converge; its count and fraction."""
-        if not self.count_inner or state.last is None:
-            return {"inner_unconverged": 0.0, "inner_unconverged_fraction": 0.0}
-        bad = self._unconverged(state)
-        for name, solve in bad:
-            log.warning("outer iteration %d: inner solve of image %s did not converge (%s)",
-                        state.iteration, name, solve.message)
-        n = len(state.last.items)
-        return {"inner_unconverged": float(len(bad)),
-                "inner_unconverged_fraction": len(bad) / max(n, 1)}
-
-    def _enforce_inner(self, state, metrics) -> None:
-        limit = self.policy.max_unconverged_fraction
-        frac = metrics["inner_unconverged_fraction"]
-        if limit is not None and frac > limit:
-            self.events.append({"step": state.iteration, "event": "inner failures",
-                                "fraction": frac})
-            raise TrainingFailed(f"outer iteration {state.iteration}: {frac:.0%} of the inner "
-                                 f"solves did not converge (> trainer.max_unconverged_fraction"
-                                 f"={limit}); raise solver.maxiter or loosen solver.gtol")

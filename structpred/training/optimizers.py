@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from structpred.registry import build
+from structpred.solvers import Status
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,19 @@ class WarmStart:
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one outer step did (for logging)."""
+    """What one outer step did (for logging).
+
+    ``status`` is a member of the engine's one status vocabulary
+    (:class:`structpred.solvers.Status`): ``ACCEPTED`` (the Wolfe conditions held, or an
+    Adam step; also a state no step has led to yet), ``SUFFICIENT_DECREASE`` (an L-BFGS
+    step accepted on sufficient decrease only) or ``LINESEARCH_FAILED``. Checkpoints store
+    its name; the strings of older checkpoints are mapped back on load
+    (``structpred.training.checkpoint``).
+    """
 
     n_evals: int = 0          #: objective evaluations (line-search trials, or 1)
     step_size: float = 0.0    #: accepted step length
-    status: str = "ok"        #: "ok" or why the step failed
+    status: Status = Status.ACCEPTED
 
 
 @dataclass(frozen=True)
@@ -140,11 +149,11 @@ class OuterLBFGS:
                 accepted = (a, res, warm)
                 break
             a = 0.5 * (lo + hi) if math.isfinite(hi) else 2.0 * lo
-        status = "ok"
+        status = Status.ACCEPTED
         if accepted is None:
             if sufficient is None:
-                return replace(st, info=StepInfo(n_evals=n, status="line search failed"))
-            accepted, status = sufficient, "ok (sufficient decrease only)"
+                return replace(st, info=StepInfo(n_evals=n, status=Status.LINESEARCH_FAILED))
+            accepted, status = sufficient, Status.SUFFICIENT_DECREASE
         a, res, warm = accepted
         s, yv = a * d, res.grad - g
         if float(s @ yv) > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(yv)):
@@ -157,7 +166,7 @@ class OuterLBFGS:
 
     def terminate(self, st: LBFGSState) -> str | None:
         """Why to stop after ``st`` (None: go on)."""
-        if st.info.status == "line search failed":
+        if st.info.status is Status.LINESEARCH_FAILED:
             return ("outer line search failed (the loss is not decreasing along the search "
                     "direction; inexact inner solves? tighten solver.gtol)")
         if st.iteration >= self.max_iter:
