@@ -74,18 +74,19 @@ def test_implicit_gradient_scaling_law(case, name, kw):
     model = sp.make_model(name, **kw)
     noisy, clean = case((16, 16))
     theta = model.init_params()
-    y = sp.LBFGS(gtol=1e-10).minimize(model, noisy, theta).y
-    b = sp.MSELoss().grad(y, clean)
-    grad = sp.ImplicitGradient(rtol=1e-8)
-    g1, info1 = grad(model, noisy, theta, y, b)
+    energy = model.bind(noisy, theta)
+    res = sp.LBFGS(gtol=1e-10).minimize(energy)
+    b = sp.MSELoss().grad(res.y, clean)
+    method = sp.ImplicitGradient(rtol=1e-8)
+    g1, info1 = method.grad(energy, res, b)
     assert info1.converged
     for s in SCALES:
-        g, info = grad(model, noisy, theta, y, s * b)
+        g, info = method.grad(energy, res, s * b)
         assert info.converged and info.iterations == info1.iterations, s
         assert info.residual <= 1e-8, s
         assert close_scaled(g, g1, s), s
         # warm start from the previous adjoint at another scale: still the same answer
-        g2, info2 = grad(model, noisy, theta, y, s * b, u0=info1.u)
+        g2, info2 = method.grad(energy, res, s * b, u0=info1.u)
         assert info2.converged and close_scaled(g2, g1, s, rtol=1e-6), s
 
 
