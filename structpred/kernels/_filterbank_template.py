@@ -1,13 +1,14 @@
 """Template of the generated filter-bank kernels (one module per filter size m).
 
 Not used as it is: :func:`structpred.kernels.filterbank.kernels_for` renders it through
-:func:`structpred.kernels.codegen.render`, which replaces each line marked ``# codegen: NAME``
-(the filter size ``M`` and the bodies of ``corr_rows`` and ``adj_row``, the m taps unrolled
-and register-tiled, written by :mod:`structpred.kernels.filterbank`) and writes the result to
-the kernel cache folder, where Numba caches it. Everything else here is the generated module
-verbatim. The file is valid Python (it can be linted and imported: its two stubs raise);
-the kernels are documented in :mod:`structpred.kernels.filterbank` and their named arguments
-in :mod:`structpred.kernels.kernel_args`.
+:func:`structpred.kernels.codegen.render`, which replaces the three placeholder lines (the
+filter size ``M`` and the bodies of ``corr_rows`` and ``adj_row``: the m taps unrolled and
+register-tiled, written by :mod:`structpred.kernels.filterbank`), and
+:func:`structpred.kernels.codegen.load` writes the result to the kernel cache folder, where
+Numba caches it. Everything else here is the generated module verbatim. The file is valid
+Python (it can be linted and imported: its two stubs raise); the kernels are documented in
+:mod:`structpred.kernels.filterbank` and their named arguments in
+:mod:`structpred.kernels.kernel_args`.
 """
 import numpy as np
 from numba import njit, prange
