@@ -275,8 +275,8 @@ class FilterMRF(EnergyModel):
 
     def objective(self, x, theta, *, serial: bool = False):
         """``(fg, args)``; ``serial=True`` gives a kernel that runs on the calling thread only
-        (for threads over images). ``args`` is an :class:`EnergyArgs` (denoising) or a
-        :class:`TaskEnergyArgs` (a mask or a blur), named by :mod:`structpred.kernels.kernel_args`."""
+        (for threads over images). ``args`` is an ``EnergyArgs`` (denoising) or a
+        ``TaskEnergyArgs`` (a mask or a blur), see :mod:`structpred.kernels.kernel_args`."""
         alpha, lam = self.weights(theta)
         F = self.filter_bank(theta)
         Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
