@@ -1,11 +1,23 @@
-"""Generated Numba modules, written to a cache folder so that Numba's on-disk cache works.
+"""Generated Numba modules: rendered from template modules, written to a cache folder so
+that Numba's on-disk cache works.
 
-Two things in the engine are compiled from generated source: the filter-bank kernels (one
-module per filter size, :mod:`structpred.kernels.filterbank`) and the inner solver bound to
-one energy kernel (:mod:`structpred.solvers.lbfgs`). Numba caches a compiled function next
-to its source file and keys the cache on that file only, so a generated module is written
-to a file whose name carries a digest of its source *and of every file it depends on*:
-editing a dependency gives a new file, hence a recompilation, never a stale cache.
+Two things in the engine are compiled from generated source, both through this module: the
+filter-bank kernels (one module per filter size; template
+:mod:`structpred.kernels._filterbank_template`, bound by :mod:`structpred.kernels.filterbank`)
+and the inner solver bound to one energy kernel (template
+:mod:`structpred.solvers._lbfgs_template`, bound by :func:`structpred.solvers.lbfgs.loop_for`).
+
+A template is a real, importable Python module (it can be linted and imported). A line that
+ends with ``# codegen: NAME`` is a placeholder: :func:`render` replaces the whole line by
+``replacements[NAME]``, indented like the line (several lines, or none); every other line is
+copied as it is. A stub function's body is one such line, a constant is ``M = 3  # codegen:
+M``. :func:`load` imports the rendered source as a module.
+
+Numba caches a compiled function next to its source file and keys the cache on that file
+only, so a generated module is written to a file whose name carries a digest of its source
+*and of every file it depends on*: editing a template or a dependency gives a new file, hence
+a recompilation, never a stale cache. ``python -m structpred.kernels list`` shows the folder
+and which of its modules are stale; ``... clean [--stale-only]`` removes them.
 
 Folder: ``$STRUCTPRED_KERNEL_DIR``, else ``$XDG_CACHE_HOME/structpred/kernels`` (default
 ``~/.cache/structpred/kernels``), else the system temporary folder; with no writable folder
@@ -16,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import threading
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 #: set in every generated module: its kernels may be imported by name from other generated
 #: modules (their dependencies are covered by the digest in the module's name)
@@ -34,6 +47,44 @@ def cache_dir() -> str:
     return os.environ.get("STRUCTPRED_KERNEL_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "structpred", "kernels")
+
+
+_PLACEHOLDER = re.compile(r"^([ \t]*)\S.*#\s*codegen:\s*(\w+)[ \t]*$")
+
+
+def template_path(template: str) -> str:
+    """The file of the template module ``template`` (a dotted name), found without importing
+    it."""
+    spec = importlib.util.find_spec(template)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise ValueError(f"no template module {template!r} (a .py file on the import path)")
+    return spec.origin
+
+
+def render(template: str, replacements: Mapping[str, str]) -> str:
+    """The source of the template module ``template`` (dotted name) with each placeholder
+    line (``... # codegen: NAME``) replaced by ``replacements[NAME]`` re-indented to the
+    line's indentation (an empty string removes the line). Every placeholder must be given
+    and every replacement must have a placeholder (ValueError otherwise). The result starts
+    with a line saying it is generated."""
+    with open(template_path(template)) as fh:
+        lines = fh.read().splitlines()
+    out = [f"# Generated from {template} by structpred.kernels.codegen.render; do not edit."]
+    seen = set()
+    for line in lines:
+        mt = _PLACEHOLDER.match(line)
+        if mt is None:
+            out.append(line)
+            continue
+        indent, name = mt.groups()
+        if name not in replacements:
+            raise ValueError(f"template {template}: no replacement for placeholder {name!r}")
+        seen.add(name)
+        out.extend(indent + r if r.strip() else "" for r in replacements[name].splitlines())
+    unused = sorted(set(replacements) - seen)
+    if unused:
+        raise ValueError(f"template {template}: no placeholder for {unused}")
+    return "\n".join(out) + "\n"
 
 
 def module_name(stem: str, source: str, depends_on: Iterable[str] = ()) -> str:

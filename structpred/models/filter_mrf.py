@@ -43,8 +43,9 @@ import scipy.fft as sfft
 
 from structpred.data.tasks import make_task
 from structpred.kernels.correlation import valid_shape
-from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad, data_hess
+from structpred.kernels.dataterm import OP_BLUR, OP_IDENTITY, OP_MASK, data_grad
 from structpred.kernels.filterbank import kernels_for
+from structpred.kernels.kernel_args import EnergyArgs, HvpArgs, TaskEnergyArgs, TaskHvpArgs
 from structpred.kernels.penalties import penalty_curv_row
 from structpred.models.base import BOUNDARIES, EnergyModel
 from structpred.models.dct import dct_filters
@@ -274,55 +275,47 @@ class FilterMRF(EnergyModel):
 
     def objective(self, x, theta, *, serial: bool = False):
         """``(fg, args)``; ``serial=True`` gives a kernel that runs on the calling thread only
-        (for threads over images)."""
+        (for threads over images). ``args`` is an ``EnergyArgs`` (denoising) or a
+        ``TaskEnergyArgs`` (a mask or a blur), see :mod:`structpred.kernels.kernel_args`."""
         alpha, lam = self.weights(theta)
         F = self.filter_bank(theta)
         Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
         Hv, _ = valid_shape(x.shape, F.shape[1:])
         x = np.ascontiguousarray(x, dtype=np.float64)
-        args = (x, F, Ff, alpha, lam, self.penalty.code, self.scale(theta),
-                self._padded(x.shape), np.empty(Hv), np.empty(x.shape[0]))
+        args = EnergyArgs(x=x, F=F, Ff=Ff, alpha=alpha, lam=lam, penalty=self.penalty.code,
+                          scale=self.scale(theta), Rp=self._padded(x.shape), erow=np.empty(Hv),
+                          drow=np.empty(x.shape[0]))
         mod = self.kernels()
         if self.task.identity:
             return (mod.energy_grad_serial if serial else mod.energy_grad), args
         op, M, k, kf = self._operator(x.shape)
-        args = args + (op, M, k, kf, np.empty(x.shape), np.empty(x.shape), np.zeros(x.shape))
+        args = TaskEnergyArgs(*args, op=op, mask=M, blur=k, blur_flipped=kf,
+                              T=np.empty(x.shape), G=np.empty(x.shape), zeros=np.zeros(x.shape))
         return (mod.energy_grad_task_serial if serial else mod.energy_grad_task), args
 
     def hessian(self, y, x, theta, *, serial: bool = False):
         mod = self.kernels()
         F = self.filter_bank(theta)
-        Ff = np.ascontiguousarray(F[:, ::-1, ::-1])
         alpha, lam = self.weights(theta)
         y = np.ascontiguousarray(y, dtype=np.float64)
         D, _ = self._buffers(y.shape)          # w_k rho''(z): computed once, reused by every E_yy v
         (mod.curvature_serial if serial else mod.curvature_pass)(
             y, F, alpha, self.penalty.code, self.scale(theta), D)
-        Sp = self._padded(y.shape)
-        zeros = np.zeros(y.shape)
-        drow = np.empty(y.shape[0])
-        kernel = mod.hvp_serial if serial else mod.hvp
-        if not self.task.identity:
+        args = HvpArgs(F=F, Ff=np.ascontiguousarray(F[:, ::-1, ::-1]), D=D, lam=lam,
+                       Sp=self._padded(y.shape), zeros=np.zeros(y.shape),
+                       drow=np.empty(y.shape[0]))
+        if self.task.identity:
+            kernel = mod.hvp_serial if serial else mod.hvp
+        else:
             op, M, k, kf = self._operator(y.shape)
-            T, Hd = np.empty(y.shape), np.empty(y.shape)
-
-            def hvp_task(v):
-                v = np.ascontiguousarray(v, dtype=np.float64).reshape(y.shape)
-                out = np.empty_like(v)
-                data_hess(op, v, lam, M, k, kf, T, Hd)        # lam A^T A v
-                if serial:
-                    mod._scaled_rows(v, F, D, Sp, 0, D.shape[1])
-                    mod._adjoint_rows(Sp, Ff, Hd, zeros, 1.0, out, drow, 0, out.shape[0])
-                else:
-                    mod.scaled_pass(v, F, D, Sp)
-                    mod.adjoint_pass(Sp, Ff, Hd, zeros, 1.0, out, drow)
-                return out
-            return hvp_task
+            args = TaskHvpArgs(*args, op=op, mask=M, blur=k, blur_flipped=kf,
+                               T=np.empty(y.shape), Hd=np.empty(y.shape))
+            kernel = mod.hvp_task_serial if serial else mod.hvp_task
 
         def hvp(v):
             v = np.ascontiguousarray(v, dtype=np.float64).reshape(y.shape)
             out = np.empty_like(v)
-            kernel(v, out, F, Ff, D, lam, Sp, zeros, drow)
+            kernel(v, out, args)
             return out
         return hvp
 

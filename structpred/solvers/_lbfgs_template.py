@@ -1,11 +1,14 @@
-"""The L-BFGS loop: a template, compiled once per energy-gradient kernel ``fg``.
+"""The L-BFGS loop: a template module, compiled once per energy-gradient kernel ``fg``.
 
-Not imported as such: :func:`structpred.solvers.lbfgs.loop_for` reads this file, binds the
-global ``fg`` below to one model kernel (``from <generated module> import <kernel> as fg``)
-and loads the result as a generated module (:mod:`structpred.kernels.codegen`). Why: Numba
+Not used as it is: :func:`structpred.solvers.lbfgs.loop_for` renders it through
+:func:`structpred.kernels.codegen.render`, which replaces the placeholder line of the global
+``fg`` below by ``from <generated module> import <kernel> as fg`` (one model kernel), and
+loads the result as a generated module (:func:`structpred.kernels.codegen.load`). Why: Numba
 can cache a function that calls a *global* jitted function, but not one that receives it as
 an argument (its address is then a "dynamic global"), and compiling this loop costs seconds
 in every process otherwise. The algorithm is documented in :mod:`structpred.solvers.lbfgs`.
+Statuses are members of :class:`structpred.solvers.result.Status` (Numba compiles an IntEnum
+member as a constant and returns it as the member).
 """
 import math
 
@@ -13,7 +16,9 @@ import numpy as np
 import scipy.fft as _sfft
 from numba import njit, objmode
 
-fg = None  # BIND: replaced by the energy-gradient kernel
+from structpred.solvers.result import Status
+
+fg = None  # codegen: fg
 
 
 def _fourier_apply(v, pinv):
@@ -212,8 +217,8 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
                    pinv):
     """Minimise the bound energy-gradient kernel ``fg(y, g, args) -> E`` from ``y0`` (flat).
 
-    Returns ``(y, E, ||grad||, iterations, energy evaluations, status)``; status codes are
-    those of :class:`structpred.solvers.result.Status`.
+    Returns ``(y, E, ||grad||, iterations, energy evaluations, status)``, ``status`` a
+    :class:`Status` member.
     """
     n = y0.size
     y = y0.copy()
@@ -222,7 +227,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     nev = 1
     gnorm = _norm(g)
     if not (math.isfinite(f) and math.isfinite(gnorm)):
-        return y, f, gnorm, 0, nev, 3
+        return y, f, gnorm, 0, nev, Status.NONFINITE
     tol = max(gtol, rtol * gnorm)
     # Scale safety: an energy whose gradient is far from unit scale (E times 1e-200, say)
     # is minimised as 2**-k E with ||2**-k grad|| in [0.5, 1): the curvature pairs' products
@@ -247,13 +252,13 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     count = 0      # stored pairs
     newest = -1    # index of the newest pair in the ring buffer
     it = 0
-    status = 1
+    status = Status.MAXITER
     while True:
         if gnorm <= tol:
-            status = 0
+            status = Status.CONVERGED
             break
         if it >= maxiter:
-            status = 1
+            status = Status.MAXITER
             break
         # two-loop recursion: d = -H g
         for i in range(n):
@@ -308,7 +313,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
             if count > 0:              # drop the curvature memory and retry once
                 count = 0
                 continue
-            status = 2
+            status = Status.LINESEARCH_FAILED
             break
         # s = y_t - y, yk = g_t - g, stored in the ring buffer
         nxt = (newest + 1) % history

@@ -22,7 +22,6 @@ on ill-conditioned models where SciPy's L-BFGS-B stalls.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -36,22 +35,35 @@ from structpred.models.energy import as_energy
 from structpred.solvers.precond import check_options, select_symbol
 from structpred.solvers.result import SolveResult, Status
 
-_TEMPLATE = os.path.join(os.path.dirname(__file__), "_lbfgs_template.py")
-_BIND = "fg = None  # BIND: replaced by the energy-gradient kernel"
+_TEMPLATE = "structpred.solvers._lbfgs_template"
 _LOOPS: dict = {}
 _LOCK = threading.Lock()
+
+
+def _depends_on():
+    from structpred.solvers import result
+    return (result.__file__,)           # the Status members are compiled in as constants
+
+
+def loop_module_name(module: str, kernel: str) -> str:
+    """The name (with its digest) of the loop bound to ``module.kernel``, a kernel of a
+    generated module, without loading it (``python -m structpred.kernels list``)."""
+    src = codegen.render(_TEMPLATE, {"fg": f"from {module} import {kernel} as fg"})
+    return codegen.module_name("structpred_lbfgs", src, _depends_on())
 
 
 def loop_for(fg):
     """The L-BFGS loop ``lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2,
     max_evals, pinv)`` (``pinv``: 1 / a Fourier symbol, or an empty array) compiled
     against the energy-gradient kernel ``fg``; returns ``(y, E, ||grad||, iterations,
-    energy evaluations, status code)`` (codes of :class:`Status`).
+    energy evaluations, status)`` (``status`` a :class:`Status` member). ``args`` is passed
+    to ``fg`` as it is: a namedtuple (the filter models) or a plain tuple (a user's model).
 
     A kernel from a generated module (the filter-bank kernels) is imported by name into a
-    generated copy of the loop, which Numba caches on disk: a new process loads it instead
-    of compiling it again. Any other kernel (a user's model) is bound in memory, compiled
-    once per process.
+    copy of the loop rendered from :mod:`structpred.solvers._lbfgs_template`
+    (:func:`structpred.kernels.codegen.render`), which Numba caches on disk: a new process
+    loads it instead of compiling it again. Any other kernel (a user's model) is bound in
+    memory (the same rendering, ``fg`` a global of the module), compiled once per process.
     """
     loop = _LOOPS.get(fg)
     if loop is not None:
@@ -60,18 +72,14 @@ def loop_for(fg):
         loop = _LOOPS.get(fg)
         if loop is not None:
             return loop
-        with open(_TEMPLATE) as fh:
-            src = fh.read()
-        if _BIND not in src:                   # pragma: no cover - a broken install
-            raise RuntimeError(f"{_TEMPLATE}: the line {_BIND!r} is missing")
         owner = sys.modules.get(getattr(fg, "__module__", None) or "")
         name = getattr(fg, "__name__", "")
         if getattr(owner, codegen.MARKER, False) and getattr(owner, name, None) is fg:
-            src = src.replace(_BIND, f"from {owner.__name__} import {name} as fg")
-            loop = codegen.load("structpred_lbfgs", src).lbfgs_minimize
+            src = codegen.render(_TEMPLATE, {"fg": f"from {owner.__name__} import {name} as fg"})
+            loop = codegen.load("structpred_lbfgs", src, _depends_on()).lbfgs_minimize
         else:
-            loop = codegen.in_memory("structpred_lbfgs_bound", src.replace(_BIND, ""),
-                                     {"fg": fg}).lbfgs_minimize
+            src = codegen.render(_TEMPLATE, {"fg": ""})
+            loop = codegen.in_memory("structpred_lbfgs_bound", src, {"fg": fg}).lbfgs_minimize
         _LOOPS[fg] = loop
         return loop
 
