@@ -107,11 +107,17 @@ def loss_and_grad(model, theta, noisy, clean, *, solver=None, gradient=None, los
     (solver, gradient) pair that is not allowed.
     """
     solver, gradient = resolve_pair(solver, gradient)
+    noisy, clean = _checked_pair(model, noisy, clean)
+    return loss_and_grad_at(model.bind(noisy, theta), clean, solver=solver,
+                            gradient=gradient, loss=loss, y0=y0, u0=u0)
+
+
+def _checked_pair(model, noisy, clean):
+    """(noisy, clean) as float64 images of one shape; ValueError naming the one that is not."""
     clean = as_image("clean", clean)
     noisy = as_image("noisy", noisy, min_shape=model.min_image_shape())
     same_shape(("noisy", "clean"), noisy, clean)
-    return loss_and_grad_at(model.bind(noisy, theta), clean, solver=solver,
-                            gradient=gradient, loss=loss, y0=y0, u0=u0)
+    return noisy, clean
 
 
 @owns_cores
@@ -163,10 +169,7 @@ def batch_loss_and_grad(model, theta, pairs: Sequence[tuple[np.ndarray, np.ndarr
     theta = model.check_params(theta)
 
     def one(i):
-        x, t = pairs[i]
-        t = as_image("clean", t)
-        x = as_image("noisy", x, min_shape=model.min_image_shape())
-        same_shape(("noisy", "clean"), x, t)
+        x, t = _checked_pair(model, *pairs[i])
         w = None if warm is None else warm[i]
         # one image per thread: serial kernels; one at a time: row-parallel kernels
         r = loss_and_grad_at(model.bind(x, theta, parallel=threads == 1), t, solver=solver,

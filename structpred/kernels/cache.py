@@ -107,33 +107,30 @@ def entries(folder: str | None = None) -> list[Entry]:
     names = [f[:-3] for f in files]
     current = current_names(names)
     out = {n: Entry(n, os.path.join(folder, n + ".py"), n not in current) for n in names}
+    for stem, path in _compiled_files(folder):
+        owner = out.get(stem)
+        if owner is not None:
+            owner.compiled.append(path)
+    return list(out.values())
+
+
+def _compiled_files(folder: str):
+    """``(module stem, path)`` of every file in the folder's Numba cache folders."""
     for d in compiled_dirs(folder):
         try:
             listing = os.listdir(d)
         except OSError:
             continue
         for f in listing:
-            owner = out.get(f.split(".", 1)[0])
-            if owner is not None:
-                owner.compiled.append(os.path.join(d, f))
-    return list(out.values())
+            yield f.split(".", 1)[0], os.path.join(d, f)
 
 
 def orphans(folder: str | None = None) -> list[str]:
     """Compiled files of generated modules whose source is gone (left by a removed module)."""
     folder = folder or codegen.cache_dir()
     names = {e.name for e in entries(folder)}
-    out = []
-    for d in compiled_dirs(folder):
-        try:
-            listing = os.listdir(d)
-        except OSError:
-            continue
-        for f in listing:
-            stem = f.split(".", 1)[0]
-            if _MODULE.match(stem + ".py") and stem not in names:
-                out.append(os.path.join(d, f))
-    return sorted(out)
+    return sorted(path for stem, path in _compiled_files(folder)
+                  if _MODULE.match(stem + ".py") and stem not in names)
 
 
 def clean(folder: str | None = None, *, stale_only: bool = False) -> tuple[list[str], int]:
