@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from structpred.validation import as_image, same_shape
+from structpred.validation import as_image
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +77,9 @@ class BoundEnergy:
     def extend_adjoint(self, g) -> np.ndarray:
         """The adjoint of :meth:`crop`: an image-shaped ``dl/dy`` on the domain (zero-padded)."""
         g = as_image("dl_dy", g)
-        same_shape(("dl_dy", "image"), g, np.empty(self.image_shape))
+        if g.shape != tuple(self.image_shape):
+            raise ValueError(f"dl_dy has shape {g.shape} but the image has shape "
+                             f"{tuple(self.image_shape)}")
         return self.model.extend_adjoint(g)
 
     # ----------------------------------------------------------------- kernels
