@@ -10,7 +10,7 @@ Quick tour::
     g, info = sp.ImplicitGradient().grad(energy, solve, dl_dy)       # then differentiate
     pair = sp.loss_and_grad(model, theta, noisy, clean)              # both, with an MSE loss
     print(sp.check_loss_gradient(model, theta, noisy, clean))        # vs finite differences
-    unrolled = sp.make_gradient("unrolled", steps=50)                # back-optimisation:
+    unrolled = sp.UnrolledGradient(steps=50)                         # back-optimisation:
     pair = sp.loss_and_grad(model, theta, noisy, clean, gradient=unrolled)  # its HeavyBall
 """
 import os as _os
