@@ -51,10 +51,6 @@ class BoundEnergy:
         """The computational domain's shape (what ``y`` has inside solvers)."""
         return self.x.shape
 
-    @property
-    def size(self) -> int:
-        return self.x.size
-
     def start(self, y0=None) -> np.ndarray:
         """A starting point on the domain: ``x`` (default), or ``y0`` given on the image's
         shape (extended like ``x``) or on the domain's shape (a warm start kept from an
@@ -112,17 +108,6 @@ class BoundEnergy:
         """The model's Fourier symbol of E_yy's quadratic part on this domain (a
         preconditioner; None if the model has none)."""
         return self.model.hessian_symbol(self.x, self.theta)
-
-    # ------------------------------------------------------------------- misc
-    def with_params(self, theta) -> "BoundEnergy":
-        """The same energy at other parameters (same input, same thread layout)."""
-        return BoundEnergy(self.model, self.x, self.model.check_params(theta), self.parallel,
-                           self.image_shape)
-
-    def serial(self) -> "BoundEnergy":
-        """This energy with serial kernels (for one image per thread)."""
-        return BoundEnergy(self.model, self.x, self.theta, False, self.image_shape)
-
 
 
 def bind(model, x, theta, *, parallel: bool = True) -> BoundEnergy:

@@ -50,7 +50,6 @@ def estimate_lipschitz(energy, y, *, iterations: int = 30, seed: int = 0) -> flo
 class HeavyBallTrace:
     """What a heavy-ball solve keeps for its reverse sweep."""
 
-    start: np.ndarray            #: y_0 on the domain
     checkpoints: dict            #: t -> (y_t, y_{t-1}), every ``every`` steps from ``first``
     first: int                   #: the first recorded step
     every: int                   #: the spacing c
@@ -160,7 +159,7 @@ class HeavyBall:
                            iterations=fixed.steps, n_evals=fixed.steps + 1,
                            status=Status.MAXITER, y_ext=y_T if energy.model.pad else None,
                            solver=fixed,
-                           trace=HeavyBallTrace(y_start, checkpoints, first, c))
+                           trace=HeavyBallTrace(checkpoints, first, c))
 
     @owns_cores
     def iterate(self, energy, y, y_prev=None, steps: int | None = None) -> np.ndarray:
