@@ -10,6 +10,7 @@ peer's gradient, compared entry by entry.
 
     python experiments/bench_engine.py                  # everything (~10-15 min on 2 cores)
     python experiments/bench_engine.py --no-peer --quick
+    python experiments/bench_engine.py --sections trained --trained experiments/reproduce/foe-24x5-s25/last.npz
 
 Figures are medians; the machine is shared, so the load (uptime) is printed with the table.
 GFLOP/s count 4 K m^2 N flops per energy-gradient evaluation and per Hessian-vector product
@@ -302,6 +303,91 @@ def training_figure(args):
         f"warm/cold {w[0] / c[0]:.2f}")
 
 
+def trained_figure(args):
+    """Issue 17's training-level figure: one outer iteration (batch loss + gradient, cold) over
+    Train400 images at parameters of a real training run (the committed checkpoint of the
+    foe-24x5-s25 reproduction), with the run's own solver and gradient settings, without and
+    with the Fourier preconditioning (the change that cut the iterations), alternated."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from structpred.training import config as C
+    from structpred.training.checkpoint import load_checkpoint
+    _, state, meta = load_checkpoint(args.trained)
+    cfg = OmegaConf.create(meta["config"])
+    model = C.build_model(cfg)
+    solver, gradient = C.build_pair(cfg)
+    pairs = train_pairs(args.train_images)
+    variants = {}
+    for pre in (None, "auto"):
+        variants[pre] = (dataclasses.replace(solver, preconditioner=pre),
+                         dataclasses.replace(gradient, preconditioner=pre))
+    times = {pre: [] for pre in variants}
+    counts = {}
+    sp.batch_loss_and_grad(model, state.theta, pairs[:2], solver=solver, gradient=gradient,
+                           threads=2)   # compile
+    for _ in range(args.repeats_batch):
+        for pre, (s, g) in variants.items():
+            t0 = time.perf_counter()
+            b = sp.batch_loss_and_grad(model, state.theta, pairs, solver=s, gradient=g,
+                                       threads=2)
+            times[pre].append(time.perf_counter() - t0)
+            counts[pre] = (sum(r.solve.iterations for r in b.items),
+                           sum(r.solve.n_evals for r in b.items),
+                           sum(r.adjoint.iterations for r in b.items), b.loss)
+    med = {pre: float(np.median(t)) for pre, t in times.items()}
+    name = os.path.splitext(os.path.basename(args.trained))[0]
+    for pre in variants:
+        it, ev, cg, loss = counts[pre]
+        row(f"trained {name} it {state.iteration}: one outer iteration, {len(pairs)} Train400 "
+            f"images, preconditioner {pre}",
+            f"{med[pre]:.2f} s: inner {it} it / {ev} evals, CG {cg} (sums), loss {loss:.6f}",
+            "" if pre is None else f"speed-up over no preconditioner {med[None] / med[pre]:.2f}x")
+
+
+BUSY = "import time\nt=time.time()+{secs}\nwhile time.time()<t: pass\n"
+
+
+def compete_figure(args):
+    """Issue 17: the kernels with another busy process on the machine (a pure-Python loop, one
+    core): one 24x5x5 energy-gradient evaluation and one MAP solve, with 1 and 2 Numba
+    threads, quiet and with the competitor; medians and 90th percentiles."""
+    model, theta, x, t = peer_case(180, 24, 5)
+    fg, fargs = model.objective(x, theta)
+    y = x.ravel().copy()
+    g = np.empty_like(y)
+    solver = sp.LBFGS(gtol=args.tol)
+    nmax = numba.config.NUMBA_NUM_THREADS
+    out = []
+    for busy in (False, True):
+        proc = (subprocess.Popen([sys.executable, "-c", BUSY.format(secs=600)])
+                if busy else None)
+        try:
+            time.sleep(0.5 if busy else 0)
+            for nt in sorted({1, min(2, nmax)}):
+                numba.set_num_threads(nt)
+                with engine_threads():
+                    ts = []
+                    for _ in range(5):
+                        fg(y, g, fargs)
+                    for _ in range(200):
+                        t0 = time.perf_counter()
+                        fg(y, g, fargs)
+                        ts.append(time.perf_counter() - t0)
+                tm = median_time(lambda: solver.minimize(model, x, theta), args.repeats)
+                out.append((busy, nt, float(np.median(ts)), float(np.percentile(ts, 90)), tm))
+        finally:
+            numba.set_num_threads(nmax)
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    for busy, nt, med, p90, tm in out:
+        row(f"24x5x5 with {'a competing busy process' if busy else 'no competing process'}, "
+            f"{nt} Numba thread{'s' * (nt > 1)}",
+            f"E+grad eval median {med * 1e3:.2f} ms (p90 {p90 * 1e3:.2f} ms); MAP solve {tm:.3f} s")
+
+
 MEMORY_SNIPPET = """
 import sys, tracemalloc, json
 sys.path.insert(0, {root!r}); sys.argv = ['x']
@@ -354,8 +440,12 @@ def main():
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--quick", action="store_true", help="kernels and cases only")
     p.add_argument("--no-hard", action="store_true")
-    p.add_argument("--sections", default="cases,scaling,threads,memory,training",
-                   help="comma-separated subset of cases,scaling,threads,memory,training")
+    p.add_argument("--sections", default="cases,scaling,threads,compete,memory,training,trained",
+                   help="comma-separated subset of cases,scaling,threads,compete,memory,training,"
+                        "trained")
+    p.add_argument("--trained", default=os.path.join(ROOT, "experiments", "out",
+                                                       "trained-foe24x5-s25-it51.npz"),
+                   help="checkpoint of a real training run for the 'trained' section")
     p.add_argument("--batch", type=int, default=8, help="images in the thread-scaling batch")
     p.add_argument("--train-images", type=int, default=32)
     p.add_argument("--train-iters", type=int, default=20)
@@ -385,8 +475,10 @@ def main():
     if not args.quick:
         for name, fn in [("scaling", lambda: scaling_figures(args)),
                          ("threads", lambda: thread_figures(args)),
+                         ("compete", lambda: compete_figure(args)),
                          ("memory", lambda: memory_figure(args)),
-                         ("training", lambda: training_figure(args))]:
+                         ("training", lambda: training_figure(args)),
+                         ("trained", lambda: trained_figure(args))]:
             if name in sections:
                 fn()
     mm2 = matmul_peak()
