@@ -150,21 +150,33 @@ def test_launcher_configs_compose(tmp_path, name):
     assert "Joblib" in cfg.hydra.launcher._target_ or cfg.hydra.launcher.cpus_per_task >= 1
 
 
-def test_compile_notice_only_when_the_first_evaluation_is_slow(caplog):
-    """"The first evaluation compiles the Numba kernels" is said only if it is still
-    running after ``after`` seconds (cold caches), never for a quick, warm one."""
+def test_compile_notice_said_only_for_a_slow_compilation_of_our_kernels(caplog):
+    """structpred.kernels.compile_notice: a compilation of one of structpred's kernels that
+    is still running after ``after`` seconds gets a line (and its time when done); a quick
+    one, or one of another package's functions, says nothing."""
     import logging
-    import threading
 
-    from structpred.training.trainer import compile_notice
-    with caplog.at_level(logging.INFO, logger="structpred.train"):
-        with compile_notice(after=60.0):
-            pass                                   # warm: done at once
-        assert "compiles the Numba kernels" not in caplog.text
-        said = threading.Event()
-        notice = compile_notice(after=0.0)
-        notice.timer.function = lambda *a: (logging.getLogger("structpred.train").info(*a),
-                                            said.set())
-        with notice:
-            assert said.wait(30)                   # cold: still running
-    assert "compiles the Numba kernels" in caplog.text
+    import numba
+    import numpy
+    from numba.core import event
+
+    from structpred.kernels.compile_notice import _Listener
+
+    def jitted(module):
+        ns = {"__name__": module}
+        exec("def f(a):\n    s = 0.0\n    for i in range(a.size):\n        s += a[i] ** 2"
+             "\n    return s\n", ns)
+        return numba.njit(ns["f"])
+
+    a = numpy.ones(3)
+    with caplog.at_level(logging.INFO, logger="structpred"):
+        with event.install_listener("numba:compile", _Listener(after=0.0)):
+            jitted("elsewhere.module")(a)                  # not ours: nothing said
+        assert "compiling the Numba kernels" not in caplog.text
+        with event.install_listener("numba:compile", _Listener(after=60.0)):
+            jitted("structpred.fake")(a)                   # ours, but quick
+        assert "compiling the Numba kernels" not in caplog.text
+        with event.install_listener("numba:compile", _Listener(after=0.0)):
+            jitted("structpred.fake")(a)                   # ours and "slow"
+    assert "compiling the Numba kernels (f)" in caplog.text
+    assert "compiled in" in caplog.text

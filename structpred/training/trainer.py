@@ -160,28 +160,6 @@ def initial_metrics(state) -> dict:
             "wall_time": 0.0}
 
 
-class compile_notice:
-    """Says, after ``after`` seconds, that the first evaluation is compiling the Numba
-    kernels (so a user does not think the program hangs); says nothing when the caches are
-    warm and the evaluation is quick."""
-
-    def __init__(self, after: float = 10.0):
-        import threading
-        self.timer = threading.Timer(after, app_log.info,
-                                     ("the first evaluation is still running: it compiles "
-                                      "the Numba kernels (tens of seconds, once; cached on "
-                                      "disk)",))
-        self.timer.daemon = True
-
-    def __enter__(self):
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.cancel()
-        return False
-
-
 @dataclass
 class Trainer:
     """Runs ``optimizer`` over the batch objective ``fun`` until it terminates, calling the
@@ -267,10 +245,9 @@ class Trainer:
 
     def _initial_state(self):
         """The optimiser's first state at ``theta0`` (its first evaluation, which compiles
-        the kernels if their cache is cold)."""
+        the kernels if their cache is cold: structpred.kernels.compile_notice says so)."""
         t0 = time.perf_counter()
-        with compile_notice():
-            state = self.optimizer.init(self.fun, self.theta0, len(self.names))
+        state = self.optimizer.init(self.fun, self.theta0, len(self.names))
         app_log.info("initial evaluation in %.1f s", time.perf_counter() - t0)
         return state
 
