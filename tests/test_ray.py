@@ -90,6 +90,66 @@ def test_ray_equals_local_cold_warm_and_minibatch():
         remote.close()
 
 
+def _mixed(n=8, big=(40, 40), small=(12, 12), seed=1):
+    """Pairs alternating big and small images: round robin over 2 actors gives one actor
+    all the big ones (about 10x the work per image)."""
+    a, b = _pairs(n, big, seed), _pairs(n, small, seed + 1)
+    return [a[i] if i % 2 == 0 else b[i] for i in range(n)]
+
+
+def test_rebalance_moves_images_with_their_warm_starts_and_keeps_the_numbers(caplog):
+    """Costs measured in the first evaluation; the rebalance moves images off the busy
+    actor (longest first); the next evaluations, warm-started from references the new
+    actors read from the object store, equal the local executor's bit for bit, with the
+    same inner and adjoint iteration counts (the warm starts came along: a cold start
+    would differ)."""
+    model, theta, _, solver = _setup()
+    pairs = _mixed()
+    grad = sp.ImplicitGradient()
+    local = LocalExecutor(model, solver, grad, pairs)
+    remote = RayExecutor(model, solver, grad, pairs, num_actors=2, imbalance=1.2)
+    try:
+        none = (None,) * len(pairs)
+        a1, wa = local(theta, None, none)
+        b1, wb = remote(theta, None, none)
+        _same(a1, b1)
+        assert remote.shard_of == [0, 1] * 4
+        loads = remote.loads()
+        assert max(loads) / np.mean(loads) > 1.5        # the big images all on actor 0
+        with caplog.at_level("INFO", logger="structpred.training.executors"):
+            info = remote.rebalance()
+        assert info is not None and info["moved"] > 0 and info["after"] < 1.2 < info["before"]
+        assert "rebalanced shards" in caplog.text and "max/mean" in caplog.text
+        assert len({remote.shard_of[i] for i in range(0, 8, 2)}) == 2   # big ones split
+        assert remote.rebalance() is None                # balanced now: nothing to do
+        theta2 = theta * 1.01
+        a2, wa2 = local(theta2, None, wa)
+        b2, wb2 = remote(theta2, None, wb)
+        _same(a2, b2)
+        assert [i.adjoint.iterations for i in b2.items] == [i.adjoint.iterations
+                                                            for i in a2.items]
+        cold = local(theta2, None, none)[0]
+        assert [i.solve.iterations for i in cold.items] != [i.solve.iterations
+                                                            for i in a2.items]
+        # a minibatch after the move, and the checkpoint's arrays
+        _same(local(theta2 * 1.01, [6, 1, 4], wa2)[0], remote(theta2 * 1.01, [6, 1, 4], wb2)[0])
+        for x, y in zip(wa2, remote.materialize(wb2)):
+            np.testing.assert_array_equal(x.y, y.y)
+            np.testing.assert_array_equal(x.u, y.u)
+    finally:
+        remote.close()
+
+
+def test_lpt_balance_moves_few_images():
+    from structpred.training.executors import balance_lpt
+    costs = {0: 10.0, 1: 1.0, 2: 10.0, 3: 1.0, 4: 10.0, 5: 1.0}
+    new = balance_lpt(costs, 2, [0, 1, 0, 1, 0, 1])
+    loads = [sum(c for i, c in costs.items() if new[i] == k) for k in (0, 1)]
+    assert sorted(loads) == [13.0, 20.0]               # LPT: {10, 10} and {10, 1, 1, 1}
+    assert sum(a != b for a, b in zip(new, [0, 1, 0, 1, 0, 1])) == 1   # one big image moved
+    assert balance_lpt(costs, 2, new) == new           # already balanced: nothing moves
+
+
 def test_killed_actor_is_restarted_and_its_shard_rerun(tmp_path):
     """kill -9 an actor's process mid-evaluation: Ray restarts it, re-runs its shard with
     the same warm starts (read back from the object store) and the result is unchanged."""

@@ -14,6 +14,7 @@ from structpred import reproduce
 from structpred.training.app import train
 from structpred.training.checkpoint import load_checkpoint
 from structpred.training.loop import TrainObjective
+from structpred.training.optimizers import WarmStart
 from train_helpers import DATA, compose_cfg
 
 REPRO = ["+experiment=reproduce_foe24x5_s25", "+debug=fast", "model.num_filters=4",
@@ -63,7 +64,8 @@ def test_interrupted_evaluation_keeps_finished_images(tmp_path):
     # another theta: the files of the old one are dropped
     TrainObjective(model, solver, grad, pairs[:1], partial_dir=part)(theta * 1.01, None, (None,))
     assert len(list(part.glob("*.pkl"))) == 1
-    assert isinstance(pickle.loads(next(part.glob("*.pkl")).read_bytes()), sp.PairResult)
+    item, w = pickle.loads(next(part.glob("*.pkl")).read_bytes())   # (slim result, warm start)
+    assert isinstance(item, sp.PairResult) and item.y is None and isinstance(w, WarmStart)
 
 
 def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, monkeypatch):
