@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,6 +23,7 @@ from structpred.training.checkpoint import load_checkpoint
 from structpred.training.executors import LocalExecutor, RayExecutor, RemoteWarm
 from structpred.training.faults import SignalAt
 from structpred.training.optimizers import WarmStart
+from structpred.training.trainer import Callback
 from train_helpers import compose_cfg
 
 
@@ -190,35 +194,101 @@ def test_killed_actor_is_restarted_and_its_shard_rerun(tmp_path):
 
 FAST = ["+experiment=denoise", "+debug=fast", "optimizer.max_iter=3", "checkpoint.every=1",
         "tracking.log_model=false"]
+#: 6 training crops, so that shards have several images and a rebalance has something to move
+MORE = FAST + ["data.train.crops_per_image=3"]
+
+
+class Grab(Callback):
+    """Keeps the trainer's executor (for its counters after the run)."""
+
+    def __init__(self):
+        self.fun = None
+
+    def on_train_start(self, trainer):
+        self.fun = trainer.fun
 
 
 def test_train_checkpoint_resume_with_ray_equals_local(tmp_path):
-    """Training with executor=ray, interrupted and resumed with executor=ray (warm starts
-    fetched into the checkpoint), ends where an undisturbed executor=local run ends."""
+    """Training with executor=ray, rebalancing at every iteration where it helps
+    (executor.imbalance=1.0), interrupted and resumed with executor=ray (warm starts fetched
+    into the checkpoint), ends where an undisturbed executor=local run ends."""
     store = tmp_path / "store"
     full = tmp_path / "full"
-    train(compose_cfg(FAST, full, store=store))
+    train(compose_cfg(MORE, full, store=store))
     theta_local = read_model_file(full / "structpred_model.npz").theta
 
     part = tmp_path / "part"
+    grab = Grab()
+    ray_cfg = MORE + ["executor=ray", "executor.imbalance=1.0"]
     with pytest.raises(SystemExit) as exc:   # SIGINT once iteration 2 is complete
-        train(compose_cfg(FAST + ["executor=ray"], part, store=store),
-              callbacks=[SignalAt([2], signal.SIGINT)])
+        train(compose_cfg(ray_cfg, part, store=store),
+              callbacks=[SignalAt([2], signal.SIGINT), grab])
     assert exc.value.code == 128 + signal.SIGINT
+    assert grab.fun.rebalances and grab.fun.rebalances[0]["moved"] > 0   # images moved
     _, state, meta = load_checkpoint(part / "checkpoints" / "last.npz")
     assert state.iteration == 2
     assert all(isinstance(w, WarmStart) and w.y is not None for w in state.warm)
     assert meta["config"]["executor"]["name"] == "ray"
 
-    train(compose_cfg(FAST + ["executor=ray", f"resume={meta['run_id']}"], part, store=store))
+    train(compose_cfg(ray_cfg + [f"resume={meta['run_id']}"], part, store=store))
     theta_ray = read_model_file(part / "structpred_model.npz").theta
     np.testing.assert_allclose(theta_ray, theta_local, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(theta_ray, theta_local)
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     run = mlflow.get_run(meta["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["executor.name"] == "ray"
     loss = mlflow.MlflowClient().get_metric_history(meta["run_id"], "train/loss")
     assert sorted({m.step for m in loss}) == [0, 1, 2, 3]
+
+
+def test_killed_driver_resumes_with_the_images_already_finished(tmp_path):
+    """The driver (a subprocess joined to this module's Ray instance) is SIGKILLed in the
+    middle of the evaluation after outer iteration 1, once 2 of its image results have
+    arrived and been saved to <checkpoint.dir>/partial (by the driver: the same files and
+    code as executor=local). The resumed run reuses them and ends where an uninterrupted
+    executor=local run ends (final parameters and every iteration's loss)."""
+    store = tmp_path / "store"
+    cfg = MORE + ["data.train.crop=48", "optimizer.max_iter=2"]
+    full = tmp_path / "full"
+    train(compose_cfg(cfg, full, store=store))
+    theta_local = read_model_file(full / "structpred_model.npz").theta
+
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    address = ray.get_runtime_context().gcs_address
+    res = subprocess.run([sys.executable, "-m", "structpred.training.faults", "--kill-mid", "1:2",
+                          "--", *cfg, "executor=ray", f"executor.address={address}",
+                          f"paths.output_dir={run}", f"checkpoint.dir={run}/checkpoints",
+                          f"tracking.uri=sqlite:///{store}/mlflow.db", "progress=false",
+                          f"hydra.run.dir={run}"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    assert "fault injector: SIGKILL" in res.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.npz")[1].iteration == 1
+    saved = list((run / "checkpoints" / "partial").glob("*.pkl"))
+    assert 2 <= len(saved) < 6, len(saved)        # killed mid-evaluation
+
+    grab = Grab()
+    train(compose_cfg(cfg + ["executor=ray", f"resume={run}"], run, store=store),
+          callbacks=[grab])
+    assert grab.fun.name == "ray" and grab.fun.reused >= 2
+    theta_ray = read_model_file(run / "structpred_model.npz").theta
+    np.testing.assert_array_equal(theta_ray, theta_local)
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    client = mlflow.MlflowClient()
+
+    def losses(run_id):
+        return {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+    ids = {r.info.run_id: r for r in mlflow.search_runs(
+        experiment_names=["structpred"], output_format="list")}
+    full_id = [i for i, r in ids.items()
+               if r.data.tags.get("structpred.output_dir", "").endswith("full")]
+    run_id = [i for i, r in ids.items()
+              if r.data.tags.get("structpred.output_dir", "").endswith("run")]
+    assert len(full_id) == 1 and len(run_id) == 1
+    assert losses(run_id[0]) == losses(full_id[0])
 
 
 def test_executor_config_is_checked_and_ray_is_optional(tmp_path, monkeypatch):
