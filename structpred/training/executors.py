@@ -238,9 +238,12 @@ class RayExecutor:
                        for _ in range(self.num_actors)]
         self.evaluations = 0
         self.last_indices: list = []
-        log.info("executor=ray: %d actors x %d CPUs (%s)", self.num_actors, cpus,
+        nodes = self.node_ids()   # (waits until the actors are up)
+        log.info("executor=ray: %d actors x %d CPUs on %d node(s) (%s); actor nodes: %s",
+                 self.num_actors, cpus, len(set(nodes)),
                  "a local Ray instance" if self.started and not address else
-                 f"Ray at {address or 'the running instance'}")
+                 f"Ray at {address or 'the running instance'}",
+                 ", ".join(n[:8] for n in nodes))
 
     @property
     def reused(self) -> int:
