@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -139,7 +140,10 @@ class ShardWorker:
             return None
 
     def evaluate(self, theta, pair, spec):
-        """``(slim PairResult, WarmStart)`` of one image at theta."""
+        """``((slim PairResult, seconds), WarmStart)`` of one image at theta (the wall
+        seconds of its evaluation on this actor, for the record: the balance uses the
+        deterministic counts)."""
+        t0 = time.perf_counter()
         x, t = pair
         w = self._warm(spec)
         # serial kernels, one image per thread (the actor runs ``threads`` tasks at once),
@@ -148,7 +152,7 @@ class ShardWorker:
                                 solver=self.solver, gradient=self.gradient,
                                 y0=None if w is None else w.y,
                                 u0=None if w is None else w.adjoint.u)
-        return slim(item), warm_of(item)
+        return (slim(item), time.perf_counter() - t0), warm_of(item)
 
 
 def _ray():
@@ -224,6 +228,7 @@ class RayExecutor:
         self.num_actors = max(1, min(int(num_actors), len(self.pairs)))
         self.shard_of = [i % self.num_actors for i in range(len(self.pairs))]
         self.cost: dict[int, float] = {}   #: each image's work in its latest evaluation
+        self.seconds: dict[int, float] = {}   #: and its wall seconds on its actor
         self.rebalances: list[dict] = []
         threads = str(cpus)
         env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": "1",
@@ -288,7 +293,7 @@ class RayExecutor:
                                           timeout=self.poll)
                 for ref in ready:
                     i, warm_ref = calls[ref]
-                    item = ray.get(ref)
+                    item, self.seconds[i] = ray.get(ref)
                     self.cost[i] = _cost(item, np.size(self.pairs[i][0]))
                     if self.partial is not None:
                         # the one cache of both executors: this image's result and warm
