@@ -40,7 +40,7 @@ def main(argv=None):
     from bench_ray import build
 
     from structpred.training.executors import RayExecutor
-    cfg, model, solver, gradient, theta0, pairs, _ = build(args.images, None)
+    _, model, solver, gradient, theta0, pairs, _ = build(args.images, None)
     s = args.small
     pairs = [p if i % 2 == 0 else (p[0][:s, :s].copy(), p[1][:s, :s].copy())
              for i, p in enumerate(pairs)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray   # not skipped when missing: the test extra installs it, and CI runs these
+import ray  # not skipped when missing: the test extra installs it, and CI runs these
 
 import structpred as sp
 from structpred.tracking.model_io import read_model_file
@@ -25,7 +25,6 @@ from structpred.training.faults import SignalAt
 from structpred.training.optimizers import WarmStart
 from structpred.training.trainer import Callback
 from train_helpers import compose_cfg
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -263,7 +262,8 @@ def test_killed_driver_resumes_with_the_images_already_finished(tmp_path):
                           f"paths.output_dir={run}", f"checkpoint.dir={run}/checkpoints",
                           f"tracking.uri=sqlite:///{store}/mlflow.db", "progress=false",
                           f"hydra.run.dir={run}"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
     assert "fault injector: SIGKILL" in res.stderr
     assert load_checkpoint(run / "checkpoints" / "last.npz")[1].iteration == 1
@@ -298,7 +298,9 @@ def test_executor_config_is_checked_and_ray_is_optional(tmp_path, monkeypatch):
     from structpred.training.executors import make_executor
     for bad, key in (("executor.cpus_per_actor=0", "executor.cpus_per_actor"),
                      ("executor.address=somewhere", "executor.address"),
-                     ("executor.max_restarts=-1", "executor.max_restarts")):
+                     ("executor.max_restarts=-1", "executor.max_restarts"),
+                     ("executor.imbalance=0.9", "executor.imbalance"),
+                     ("executor.rebalance=maybe", "executor.rebalance")):
         with pytest.raises(C.ConfigError) as exc:
             C.validate(compose_cfg(["executor=ray", bad], tmp_path))
         assert exc.value.key == key

@@ -173,7 +173,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=str(address), log_to_driver=True)
+        try:
+            ray.init(address=str(address), log_to_driver=True)
+        except (ConnectionError, RuntimeError) as exc:
+            from structpred.errors import ConfigError
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                    "; a head started by `ray start --head` uses token authentication by "
+                    "default in recent Ray (2.60): set RAY_AUTH_MODE=token (the token in "
+                    "~/.ray/auth_token, or RAY_AUTH_TOKEN)")
+            raise ConfigError("executor.address", f"cannot connect to Ray at {address!r} "
+                              f"({str(exc).splitlines()[0]}){hint}") from None
     else:
         ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=True)
@@ -390,7 +399,8 @@ class Rebalance(Callback):
 
     def on_iteration_end(self, trainer, state, metrics):
         fn = getattr(self.executor, "rebalance", None)
-        if fn is not None:
+        last = getattr(trainer.optimizer, "max_iter", None)
+        if fn is not None and (last is None or state.iteration < last):   # not after the last
             fn()
 
 
