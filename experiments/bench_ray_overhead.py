@@ -3,10 +3,15 @@ warm-started evaluations; compute is about a millisecond per image, so the time 
 
     python experiments/bench_ray_overhead.py
 """
-import statistics, sys, time
-import numpy as np, ray
+import statistics
+import time
+
+import numpy as np
+import ray
+
 import structpred as sp
 from structpred.training.executors import LocalExecutor, RayExecutor
+
 rng = np.random.default_rng(0)
 pairs = []
 for _ in range(64):
