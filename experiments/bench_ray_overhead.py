@@ -1,16 +1,20 @@
 """Ray dispatch overhead per evaluation: 64 tiny images (8x8, FoE 3x3x3), 2 actors,
-warm-started evaluations; compute is about a millisecond per image, so the time is mostly Ray's (local beside it).
+warm-started evaluations; the compute is about a millisecond per image, so the time is
+mostly Ray's (the local executor's time beside it).
 
     python experiments/bench_ray_overhead.py
 """
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 import ray
 
-import structpred as sp
-from structpred.training.executors import LocalExecutor, RayExecutor
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import structpred as sp  # noqa: E402
+from structpred.training.executors import LocalExecutor, RayExecutor  # noqa: E402
 
 rng = np.random.default_rng(0)
 pairs = []
