@@ -13,8 +13,8 @@ import numpy as np
 import ray
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import structpred as sp  # noqa: E402
-from structpred.training.executors import LocalExecutor, RayExecutor  # noqa: E402
+import structpred as sp
+from structpred.training.executors import LocalExecutor, RayExecutor
 
 rng = np.random.default_rng(0)
 pairs = []
