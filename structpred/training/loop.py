@@ -121,8 +121,10 @@ class PartialResults:
                 continue
             if i.isdigit() and int(i) in wanted:
                 try:
-                    item, warm = pickle.loads(f.read_bytes())
-                    out[int(i)] = (item, warm)
+                    got = pickle.loads(f.read_bytes())
+                    # files of earlier versions hold the whole PairResult (y and u inside)
+                    out[int(i)] = (slim(got), warm_of(got)) if hasattr(got, "solve") \
+                        else tuple(got)
                 except Exception as exc:  # a torn or foreign file: recompute that image
                     log.warning("ignoring %s (%s)", f, type(exc).__name__)
         if out:
