@@ -14,6 +14,7 @@ from structpred import reproduce
 from structpred.training.app import train
 from structpred.training.checkpoint import load_checkpoint
 from structpred.training.loop import TrainObjective
+from structpred.training.optimizers import WarmStart
 from train_helpers import DATA, compose_cfg
 
 REPRO = ["+experiment=reproduce_foe24x5_s25", "+debug=fast", "model.num_filters=4",
@@ -63,7 +64,16 @@ def test_interrupted_evaluation_keeps_finished_images(tmp_path):
     # another theta: the files of the old one are dropped
     TrainObjective(model, solver, grad, pairs[:1], partial_dir=part)(theta * 1.01, None, (None,))
     assert len(list(part.glob("*.pkl"))) == 1
-    assert isinstance(pickle.loads(next(part.glob("*.pkl")).read_bytes()), sp.PairResult)
+    f = next(part.glob("*.pkl"))
+    item, w = pickle.loads(f.read_bytes())   # (slim result, warm start)
+    assert isinstance(item, sp.PairResult) and item.y is None and isinstance(w, WarmStart)
+    # a file of the earlier format (the whole PairResult) is still taken back
+    full, _ = TrainObjective(model, solver, grad, pairs[:1])(theta * 1.01, None, (None,))
+    f.write_bytes(pickle.dumps(full.items[0]))
+    again = TrainObjective(model, solver, grad, pairs[:1], partial_dir=part)
+    res, warm = again(theta * 1.01, None, (None,))
+    assert again.reused == 1 and res.loss == full.loss
+    np.testing.assert_array_equal(warm[0].u, full.items[0].adjoint.u)
 
 
 def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, monkeypatch):

@@ -218,7 +218,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     stop = StopFlag()
     status, fun = "FAILED", None
     try:
-        from structpred.training.executors import make_executor
+        from structpred.training.executors import Rebalance, make_executor
         # executor=local: threads over images here; executor=ray: actors owning shards
         fun = make_executor(cfg, model, solver, gradient, train_set.pairs(),
                             on_image=stop.check,
@@ -239,6 +239,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 Checkpointer(ckpt_path, optimizer, every=cfg.checkpoint.every,
                              save_warm=cfg.checkpoint.save_warm, config=resolved,
                              tracker=tracker, executor=fun),
+                Rebalance(fun),   # executor=ray: shards by measured cost, between iterations
             ])
         trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed
         with stop:

@@ -167,6 +167,12 @@ def _check_executor(cfg) -> None:
         if key in group:
             _number(cfg, f"executor.{key}", integer=True, positive=not nonneg,
                     nonneg=nonneg, allow_none=key in ("num_actors", "num_cpus"))
+    if "imbalance" in group and _number(cfg, "executor.imbalance") < 1:
+        raise ConfigError("executor.imbalance", f"must be >= 1 (the busiest actor's predicted "
+                          f"work over the mean), got {group.get('imbalance')!r}")
+    if not isinstance(group.get("rebalance", True), bool):
+        raise ConfigError("executor.rebalance", f"must be true or false, got "
+                          f"{group.get('rebalance')!r}")
     address = group.get("address")
     if address is not None and not (address == "auto" or str(address).startswith("ray://")
                                     or ":" in str(address)):

@@ -18,6 +18,9 @@ import os
 import runpy
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
 from structpred.training.trainer import Callback
 
@@ -38,13 +41,49 @@ class SignalAt(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def overrides(kill_at) -> list[str]:
+class KillMidEvaluation(Callback):
+    """SIGKILL this process in the middle of the evaluation that follows outer iteration
+    ``iteration``: once ``images`` new per-image results of it are in ``folder`` (the
+    partial results, ``<checkpoint.dir>/partial``), while its other images are still being
+    solved. A watcher thread, armed when the iteration ends (before it is checkpointed: the
+    kill then lands after that checkpoint, as the next evaluation's files appear only once
+    it has started)."""
+
+    def __init__(self, iteration, images, folder, poll=0.002):
+        self.iteration, self.images = int(iteration), int(images)
+        self.folder, self.poll = Path(folder), float(poll)
+
+    def on_iteration_end(self, trainer, state, metrics):
+        if state.iteration != self.iteration:
+            return
+        old = set(self.folder.glob("*.pkl")) if self.folder.is_dir() else set()
+
+        def watch():
+            while True:
+                new = set(self.folder.glob("*.pkl")) - old if self.folder.is_dir() else ()
+                if len(new) >= self.images:
+                    sys.stderr.write(f"fault injector: SIGKILL with {len(new)} image "
+                                     "results saved\n")
+                    sys.stderr.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(self.poll)
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def overrides(kill_at, mid=None) -> list[str]:
     """The config overrides that add a :class:`SignalAt` with SIGKILL at ``kill_at``."""
-    if not kill_at:
-        return []
-    key = "+callbacks.fault_injector"
-    return [f"{key}._target_=structpred.training.faults.SignalAt",
-            f"{key}.iterations=[{','.join(str(int(i)) for i in kill_at)}]"]
+    out = []
+    if kill_at:
+        key = "+callbacks.fault_injector"
+        out += [f"{key}._target_=structpred.training.faults.SignalAt",
+                f"{key}.iterations=[{','.join(str(int(i)) for i in kill_at)}]"]
+    if mid:
+        it, images = (int(v) for v in mid.split(":"))
+        key = "+callbacks.fault_mid_evaluation"
+        out += [f"{key}._target_=structpred.training.faults.KillMidEvaluation",
+                f"{key}.iteration={it}", f"{key}.images={images}",
+                f"{key}.folder=${{checkpoint.dir}}/partial"]
+    return out
 
 
 def main(argv=None) -> None:
@@ -52,11 +91,14 @@ def main(argv=None) -> None:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--kill-at", type=int, action="append", default=[],
                    help="SIGKILL after this outer iteration (repeatable)")
+    p.add_argument("--kill-mid", metavar="N:K", default=None,
+                   help="SIGKILL in the evaluation after outer iteration N, once K of its "
+                        "image results are saved (checkpoint.partial)")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then the train overrides")
     args = p.parse_args(argv)
     given = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
     # as ``python -m structpred.train``: the same Hydra application and configs
-    sys.argv = ["structpred.train", *given, *overrides(args.kill_at)]
+    sys.argv = ["structpred.train", *given, *overrides(args.kill_at, args.kill_mid)]
     runpy.run_module("structpred.train", run_name="__main__", alter_sys=True)
 
 

@@ -4,6 +4,8 @@
 * :class:`TrainObjective`: ``fun(theta, indices, warm) -> (BatchResult, warm)`` over the
   training pairs, with its per-image partial-result cache (a killed run's resume loses only
   the images in flight).
+* :class:`PartialResults`: that cache, one file per finished image keyed by theta; the Ray
+  executor uses the same class (its driver saves each image as it arrives).
 * :class:`StopFlag` / :class:`Interrupted`: SIGINT/SIGTERM ask the objective to stop after
   the current image; the last complete iteration is then checkpointed.
 * :func:`denoise_all`: the minimisers of a list of images (validation, the final summary).
@@ -14,7 +16,7 @@ import hashlib
 import logging
 import pickle
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,16 +72,88 @@ class StopFlag:
         return False
 
 
+def slim(item):
+    """``item`` (a :class:`~structpred.objective.PairResult`) without its images: loss,
+    gradient and diagnostics only (what the partial-result cache keeps beside the warm start,
+    and what a Ray actor sends back)."""
+    adjoint = item.adjoint
+    if getattr(adjoint, "u", None) is not None:
+        adjoint = replace(adjoint, u=None)
+    return replace(item, y=None, adjoint=adjoint,
+                   solve=replace(item.solve, y=None, y_ext=None, trace=None))
+
+
+def warm_of(item) -> WarmStart:
+    """The warm start an evaluation's result gives the next one (on the model's
+    computational domain, extended for a padding model)."""
+    return WarmStart(y=item.solve.y_domain, u=getattr(item.adjoint, "u", None))
+
+
+class PartialResults:
+    """Each image's result of the evaluation in progress, one file per image in ``folder``
+    (``<theta digest>_<image index>.pkl``: the pickled pair ``(slim PairResult,
+    WarmStart)``), written as soon as the image is done; an evaluation at the same theta
+    (the one a killed run's resume repeats: the outer optimiser is deterministic) takes
+    them back instead of solving those images again. Files of other thetas are removed when
+    an evaluation starts. The one mechanism of both executors: the local one saves from its
+    threads, the Ray driver saves each image's result as it arrives from an actor."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.failed = False   #: a write failed (e.g. disk full): stop trying
+        self.reused = 0       #: image results taken back, in total
+
+    @staticmethod
+    def key(theta) -> str:
+        return hashlib.sha1(np.ascontiguousarray(theta, dtype=np.float64).tobytes()
+                            ).hexdigest()[:20]
+
+    def load(self, key: str, idx) -> dict:
+        """{image index: (PairResult, WarmStart)} saved at this theta; removes the files of
+        other thetas."""
+        if not self.folder.is_dir():
+            return {}
+        wanted, out = set(idx), {}
+        for f in self.folder.glob("*.pkl"):
+            k, _, i = f.stem.rpartition("_")
+            if k != key:
+                f.unlink(missing_ok=True)
+                continue
+            if i.isdigit() and int(i) in wanted:
+                try:
+                    got = pickle.loads(f.read_bytes())
+                    # files of earlier versions hold the whole PairResult (y and u inside)
+                    out[int(i)] = (slim(got), warm_of(got)) if hasattr(got, "solve") \
+                        else tuple(got)
+                except Exception as exc:  # a torn or foreign file: recompute that image
+                    log.warning("ignoring %s (%s)", f, type(exc).__name__)
+        if out:
+            self.reused += len(out)
+            log.info("reusing %d of %d image results of this evaluation from %s", len(out),
+                     len(idx), self.folder)
+        return out
+
+    def save(self, key: str, i: int, item, warm: WarmStart) -> None:
+        """Keep image ``i``'s result (its slim PairResult and warm start) at theta ``key``."""
+        if self.failed:
+            return
+        try:
+            write_atomic(self.folder / f"{key}_{int(i)}.pkl",
+                         pickle.dumps((slim(item), warm), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:   # e.g. disk full: a convenience, never a failure
+            self.failed = True
+            log.warning("cannot keep this evaluation's image results in %s (%s); "
+                        "training goes on without them", self.folder, exc)
+
+
 @dataclass
 class TrainObjective:
     """``fun(theta, indices, warm) -> (BatchResult, warm)`` over the training pairs.
 
-    ``partial_dir``: each image's result is saved there as soon as it is done, under the
-    digest of theta; an evaluation at the same theta (the one a killed run's resume
-    repeats: the outer optimiser is deterministic) reuses them, so a run killed
-    mid-evaluation loses only the images in flight (one per thread), not the whole
-    evaluation (12-45 min at 392 images). Files of other thetas are removed when an
-    evaluation starts. The sums run in image order, as without the cache."""
+    ``partial_dir``: each image's result is saved there as soon as it is done
+    (:class:`PartialResults`), so a run killed mid-evaluation loses only the images in
+    flight (one per thread), not the whole evaluation (12-45 min at 392 images). The sums
+    run in image order, as without the cache."""
 
     model: object
     solver: object
@@ -89,59 +163,41 @@ class TrainObjective:
     partial_dir: Path | None = None
     evaluations: int = 0
     last_indices: list = field(default_factory=list)   #: images of the latest evaluation
-    reused: int = 0                    #: image results taken from partial_dir, in total
-    _partial_failed: bool = field(default=False, repr=False)   #: a write failed: stop trying
+    _partial: PartialResults | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.partial_dir is not None:
+            self._partial = PartialResults(self.partial_dir)
+
+    @property
+    def reused(self) -> int:
+        """Image results taken from ``partial_dir``, in total."""
+        return 0 if self._partial is None else self._partial.reused
 
     def __call__(self, theta, indices, warm):
         idx = list(range(len(self.pairs))) if indices is None else [int(i) for i in indices]
-        key = hashlib.sha1(np.ascontiguousarray(theta, dtype=np.float64).tobytes()).hexdigest()
-        done = self._load_partial(key[:20], idx)
+        cache = self._partial
+        key = PartialResults.key(theta)
+        done = {} if cache is None else cache.load(key, idx)
         todo = [i for i in idx if i not in done]
 
         def save(j, item):
-            done[todo[j]] = item
-            if self.partial_dir is not None and not self._partial_failed:
-                try:
-                    write_atomic(self.partial_dir / f"{key[:20]}_{todo[j]}.pkl",
-                                 pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
-                except OSError as exc:   # e.g. disk full: a convenience, never a failure
-                    self._partial_failed = True
-                    log.warning("cannot keep this evaluation's image results in %s (%s); "
-                                "training goes on without them", self.partial_dir, exc)
+            w = warm_of(item)
+            done[todo[j]] = (item, w)
+            if cache is not None:
+                cache.save(key, todo[j], item, w)
         if todo:
             batch_loss_and_grad(self.model, theta, [self.pairs[i] for i in todo],
                                 solver=self.solver, gradient=self.gradient,
                                 warm=[warm[i] for i in todo], progress=self.on_image,
                                 on_item=save)
-        res = BatchResult.mean_of([done[i] for i in idx])
+        res = BatchResult.mean_of([done[i][0] for i in idx])
         self.evaluations += 1
         self.last_indices = idx
         new = list(warm)
-        for i, item in zip(idx, res.items):
-            # on the model's computational domain (extended, for a padding model)
-            new[i] = WarmStart(y=item.solve.y_domain, u=getattr(item.adjoint, "u", None))
+        for i in idx:
+            new[i] = done[i][1]
         return res, tuple(new)
-
-    def _load_partial(self, key: str, idx) -> dict:
-        """{image index: PairResult} saved at this theta; removes files of other thetas."""
-        if self.partial_dir is None or not Path(self.partial_dir).is_dir():
-            return {}
-        wanted, out = set(idx), {}
-        for f in Path(self.partial_dir).glob("*.pkl"):
-            k, _, i = f.stem.rpartition("_")
-            if k != key:
-                f.unlink(missing_ok=True)
-                continue
-            if i.isdigit() and int(i) in wanted:
-                try:
-                    out[int(i)] = pickle.loads(f.read_bytes())
-                except Exception as exc:  # a torn or foreign file: recompute that image
-                    log.warning("ignoring %s (%s)", f, type(exc).__name__)
-        if out:
-            self.reused += len(out)
-            log.info("reusing %d of %d image results of this evaluation from %s", len(out),
-                     len(idx), self.partial_dir)
-        return out
 
 
 def denoise_all(model, theta, noisy: Sequence[np.ndarray], solver, on_image=None):
