@@ -28,15 +28,19 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-#: images with more pixels than this get a ticking timer while they are solved
+#: images with more pixels than this get a note "large image, solving" when there is no bar
 LARGE_IMAGE = 256 * 256
+#: a solve running longer than this (seconds) shows its inner progress: iteration,
+#: ||grad E|| against the tolerance, ETA (bar postfix, or a line every INNER_EVERY seconds)
+INNER_AFTER = 2.0
+INNER_INTERVAL = 0.5        #: how often the inner progress is read (seconds)
+INNER_EVERY = 10.0          #: seconds between two inner progress lines without a bar
 
 
 def parse_args(argv=None):
@@ -150,35 +154,17 @@ def plan_names(files) -> list[Job]:
 
 
 # ---------------------------------------------------------------------------- progress
-class _Ticker:
-    """While a large image is solved, show the elapsed time on the bar (or one line when
-    there is no bar) so that a long solve never looks like a hang."""
-
-    def __init__(self, bar, label: str, large: bool):
-        self.bar, self.label, self.large = bar, label, large
-        self.stop = threading.Event()
-        self.thread = None
-
-    def __enter__(self):
-        if not self.large:
-            return self
-        if self.bar is None or self.bar.disable:
-            print(f"{self.label}: large image, solving (this can take minutes) ...", flush=True)
-            return self
-        start = time.perf_counter()
-
-        def tick():
-            while not self.stop.wait(1.0):
-                self.bar.set_postfix_str(f"{self.label}: {time.perf_counter() - start:.0f} s")
-        self.thread = threading.Thread(target=tick, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-        return False
+def _inner_progress(bar):
+    """The inner solve's progress (:class:`structpred.solvers.monitor.InnerProgress`) of an
+    image solved for more than :data:`INNER_AFTER` seconds: the bar's postfix (iteration,
+    ||grad E|| against the tolerance, elapsed time and ETA), or, with no bar, the same as a
+    line every :data:`INNER_EVERY` seconds."""
+    from structpred.solvers.monitor import InnerProgress, bar_reporter, line_reporter
+    if bar is not None and not bar.disable:
+        report = bar_reporter(bar)
+    else:
+        report = line_reporter(lambda line: print(line, flush=True), every=INNER_EVERY)
+    return InnerProgress(report, after=INNER_AFTER, interval=INNER_INTERVAL)
 
 
 def _bar(total: int, enabled):
@@ -204,7 +190,7 @@ def _psnr_text(x, y, clean) -> str:
     return f"; PSNR against the clean input: noisy {before:.2f} dB -> denoised {after:.2f} dB"
 
 
-def run_job(job: Job, trained, task, args, out: Path, value_range) -> str:
+def run_job(job: Job, trained, task, args, out: Path, value_range, monitor=None) -> str:
     """Denoise one file; returns the report line. Raises DataError/ValueError/OSError."""
     from structpred.data.images import CLI_HINTS, encode, read_image_file, write_bytes
     from structpred.data.noise import noise_rng
@@ -231,7 +217,7 @@ def run_job(job: Job, trained, task, args, out: Path, value_range) -> str:
         clean, x = x, task.degrade(x, args.add_noise,
                                    noise_rng(args.seed, "user", job.index))
         job.written.append(write_bytes(targets[1], encode(x, info), overwrite=args.overwrite))
-    y = trained.denoise255(x)
+    y = trained.denoise255(x, monitor=monitor)
     job.written.insert(0, write_bytes(dst, encode(y, info), overwrite=args.overwrite))
     return f"{job.source} -> {dst} ({info.describe()}){_psnr_text(x, y, clean)}"
 
@@ -270,14 +256,17 @@ def main(argv=None) -> int:
         print(f"{len(todo)} image(s) -> {out}/ (the first one compiles the Numba kernels if "
               "they are not cached)", flush=True)
     bar = _bar(len(jobs), args.progress)
+    inner = _inner_progress(bar)
     start = time.perf_counter()
     for job in jobs:
         if job.error is None:
             t0 = time.perf_counter()
             try:
-                probe = np.prod(_shape_hint(job.source))
-                with _Ticker(bar, job.source.name, probe > LARGE_IMAGE):
-                    line = run_job(job, trained, task, args, out, value_range)
+                if (bar is None or bar.disable) and np.prod(_shape_hint(job.source)) > LARGE_IMAGE:
+                    print(f"{job.source.name}: large image, solving (this can take minutes) "
+                          "...", flush=True)
+                with inner.track(job.source.name) as monitor:
+                    line = run_job(job, trained, task, args, out, value_range, monitor)
                 job.seconds = time.perf_counter() - t0
                 _say(bar, f"{line} [{job.seconds:.1f} s]")
             except (DataError, ValueError, OSError) as exc:
@@ -289,6 +278,7 @@ def main(argv=None) -> int:
             _say(bar, f"error: {job.error}", err=True)
         if bar is not None:
             bar.update(1)
+    inner.close()
     if bar is not None:
         bar.close()
     ok = [j for j in jobs if j.error is None]

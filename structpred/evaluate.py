@@ -44,6 +44,7 @@ def evaluate(cfg: DictConfig) -> float:
 
     from structpred.data import load_splits
     from structpred.losses import psnr
+    from structpred.solvers.monitor import InnerProgress, line_reporter
     from structpred.tracking.mlflow_tracker import Tracker
     from structpred.tracking.model_io import ModelFileError, load_model
     from structpred.training import config as C
@@ -70,13 +71,16 @@ def evaluate(cfg: DictConfig) -> float:
     rows = []
     log.info("denoising %d images (the first one compiles the Numba kernels if not cached)",
              len(data))
+    inner = InnerProgress(line_reporter(log.info), after=2.0)   # a line per 10 s of a long solve
     for name, x, t in zip(data.names, data.noisy, data.clean):
-        y = trained.denoise255(x)        # the data are already on the 0..255 scale
+        with inner.track(name) as monitor:
+            y = trained.denoise255(x, monitor=monitor)   # the data are already in 0..255
         rows.append((name, psnr(x, t), psnr(y, t), ssim(x, t), ssim(y, t)))
         if cfg.save_images:
             stem = name.replace("#", "_")
             iio.imwrite(img_dir / f"{stem}_noisy.png", to_uint8(x))
             iio.imwrite(img_dir / f"{stem}_denoised.png", to_uint8(y))
+    inner.close()
     means = [float(np.mean([r[i] for r in rows])) for i in range(1, 5)]
     mean_noisy, mean = means[0], means[1]
     table = out / "psnr.csv"

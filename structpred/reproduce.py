@@ -79,23 +79,31 @@ def load_bsd68(root: Path, sigma: float, *, limit=None, rounded=False, seed=0):
     return ds.names, ds.clean, ds.noisy
 
 
-def denoise_batch(trained, images, threads: int | None = None, progress=None):
-    """``argmin_y E`` of every image, one image per thread (single-threaded kernels)."""
+def denoise_batch(trained, images, threads: int | None = None, progress=None, inner=None,
+                  names=None):
+    """``argmin_y E`` of every image, one image per thread (single-threaded kernels).
+    ``inner``: an :class:`structpred.solvers.monitor.InnerProgress` that watches each solve
+    (labelled by ``names``)."""
     import numba
 
     threads = numba.get_num_threads() if threads is None else int(threads)
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
 
-    def one(x):
+    def one(i):
         # one image per thread: serial kernels; one at a time: row-parallel kernels
-        r = trained.solver.minimize(trained.model.bind(x, trained.theta,
-                                                       parallel=threads <= 1))
+        energy = trained.model.bind(images[i], trained.theta, parallel=threads <= 1)
+        if inner is None:
+            r = trained.solver.minimize(energy)
+        else:
+            with inner.track(names[i]) as monitor:
+                r = trained.solver.minimize(energy, monitor=monitor)
         if progress is not None:
             progress()
         return r
     if threads <= 1:
-        return [one(x) for x in images]
+        return [one(i) for i in range(len(images))]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, images))
+        return list(pool.map(one, range(len(images))))
 
 
 def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=None):
@@ -103,11 +111,15 @@ def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=No
     from tqdm import tqdm
 
     from structpred.losses import psnr
+    from structpred.solvers.monitor import InnerProgress, bar_reporter
     sigma = float(trained.meta.get("sigma", _family(name)[1]))
     names, clean, noisy = load_bsd68(root, sigma, limit=limit, rounded=rounded)
     t0 = time.perf_counter()
-    with tqdm(total=len(noisy), desc=name, unit="img", file=sys.stderr) as bar:
-        results = denoise_batch(trained, noisy, threads, progress=bar.update)
+    with tqdm(total=len(noisy), desc=name, unit="img", file=sys.stderr) as bar, \
+            InnerProgress(bar_reporter(bar), after=2.0) as inner:
+        # the bar's postfix: each image solved for more than 2 s (iteration, |grad E|, ETA)
+        results = denoise_batch(trained, noisy, threads, progress=bar.update, inner=inner,
+                                names=names)
     seconds = time.perf_counter() - t0
     rows = [dict(image=n, psnr_noisy=psnr(x, t), psnr=psnr(r.y, t), iterations=r.iterations,
                  converged=r.converged) for n, x, t, r in zip(names, noisy, clean, results)]

@@ -98,7 +98,7 @@ def test_user_kernel_gets_an_in_memory_loop():
     assert not getattr(sys.modules.get(loop.py_func.__module__), codegen.MARKER, False)
     # the loop's status is a Status member, not a bare integer (a plain tuple as args)
     out = loop(model.objective(x, np.zeros(1))[1], np.zeros(12), 1e-10, 0.0, 2, 10, 1e-4, 0.9,
-               30, np.zeros((0, 0)))
+               30, np.zeros((0, 0)), np.zeros(0))
     assert type(out[-1]) is Status and out[-1] == Status.MAXITER
 
 

@@ -213,12 +213,30 @@ def _line_search(args, y, f0, d, dphi0, a1, c1, c2, max_evals, y_t, g_t, sc):
 
 
 @njit(nogil=True, cache=True)
+def _report(monitor, it, gnorm, f, nev, sc):
+    """Write the loop's state into ``monitor`` (a :class:`structpred.solvers.monitor.
+    SolveMonitor` buffer; empty: off). Only writes, never reads: the iterates are the same
+    with or without it. The iteration is written last, so a reader that sees it sees the
+    norm and energy of that iteration (or a later one)."""
+    if monitor.size == 0:
+        return
+    monitor[1] = gnorm / sc
+    monitor[2] = f / sc
+    monitor[3] = nev
+    monitor[0] = it
+
+
+@njit(nogil=True, cache=True)
 def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per_search,
-                   pinv):
+                   pinv, monitor):
     """Minimise the bound energy-gradient kernel ``fg(y, g, args) -> E`` from ``y0`` (flat).
 
     Returns ``(y, E, ||grad||, iterations, energy evaluations, status)``, ``status`` a
-    :class:`Status` member.
+    :class:`Status` member. ``monitor``: an empty array, or the float64 buffer of a
+    :class:`structpred.solvers.monitor.SolveMonitor` that the loop writes at every
+    iteration (iteration, ||grad E||, E, evaluations; the tolerance and the first norm at
+    the start; the status at the end), for a Python thread to read while the loop runs
+    without the GIL.
     """
     n = y0.size
     y = y0.copy()
@@ -227,8 +245,17 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     nev = 1
     gnorm = _norm(g)
     if not (math.isfinite(f) and math.isfinite(gnorm)):
+        if monitor.size > 0:
+            _report(monitor, 0, gnorm, f, nev, 1.0)
+            monitor[7] = Status.NONFINITE.value
+            monitor[6] = 2.0
         return y, f, gnorm, 0, nev, Status.NONFINITE
     tol = max(gtol, rtol * gnorm)
+    if monitor.size > 0:
+        monitor[4] = tol
+        monitor[5] = gnorm
+        monitor[8] = maxiter
+        monitor[6] = 1.0           # running
     # Scale safety: an energy whose gradient is far from unit scale (E times 1e-200, say)
     # is minimised as 2**-k E with ||2**-k grad|| in [0.5, 1): the curvature pairs' products
     # (s.y, y.y) would otherwise underflow or overflow. The iterates do not depend on the
@@ -254,6 +281,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     it = 0
     status = Status.MAXITER
     while True:
+        _report(monitor, it, gnorm, f, nev, sc)
         if gnorm <= tol:
             status = Status.CONVERGED
             break
@@ -332,4 +360,8 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
         f = f_new
         gnorm = _norm(g)
         it += 1
+    if monitor.size > 0:
+        _report(monitor, it, gnorm, f, nev, sc)
+        monitor[7] = status.value
+        monitor[6] = 2.0           # done
     return y, f / sc, gnorm / sc, it, nev, status

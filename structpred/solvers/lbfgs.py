@@ -38,6 +38,7 @@ from structpred.solvers.result import SolveResult, Status
 _TEMPLATE = "structpred.solvers._lbfgs_template"
 _LOOPS: dict = {}
 _LOCK = threading.Lock()
+_NO_MONITOR = np.zeros(0)          # the loop's "no monitor" (never written: size 0)
 
 
 def _depends_on():
@@ -54,7 +55,9 @@ def loop_module_name(module: str, kernel: str) -> str:
 
 def loop_for(fg):
     """The L-BFGS loop ``lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2,
-    max_evals, pinv)`` (``pinv``: 1 / a Fourier symbol, or an empty array) compiled
+    max_evals, pinv, monitor)`` (``pinv``: 1 / a Fourier symbol, or an empty array;
+    ``monitor``: a :class:`~structpred.solvers.monitor.SolveMonitor`'s buffer, or an empty
+    array) compiled
     against the energy-gradient kernel ``fg``; returns ``(y, E, ||grad||, iterations,
     energy evaluations, status)`` (``status`` a :class:`Status` member). ``args`` is passed
     to ``fg`` as it is: a namedtuple (the filter models) or a plain tuple (a user's model).
@@ -154,7 +157,7 @@ class LBFGS:
         return np.zeros((0, 0)) if S is None else np.ascontiguousarray(1.0 / S)
 
     @owns_cores
-    def minimize(self, problem, x=None, theta=None, *, y0=None) -> SolveResult:
+    def minimize(self, problem, x=None, theta=None, *, y0=None, monitor=None) -> SolveResult:
         """Minimise the energy over y from ``y0`` (default: x).
 
         ``problem`` is a bound energy (``model.bind(x, theta)``), or a model followed by
@@ -162,14 +165,21 @@ class LBFGS:
         other than 'valid') is solved on the extended image and ``SolveResult.y`` is the
         crop to the image's shape (``y_ext`` the full solution); ``y0`` may have the image's
         shape or the extended one. The kernels run as the energy was bound (parallel, or
-        serial for one image per thread)."""
+        serial for one image per thread).
+
+        ``monitor``: a :class:`structpred.solvers.monitor.SolveMonitor` (reset here) that the
+        loop writes at every iteration (iteration, ||grad E||, E, evaluations, and the
+        tolerance), for another thread to watch the solve; the result is the same bit for
+        bit with or without it."""
         energy = as_energy(problem, x, theta)
         y0e = energy.start(y0)
         fg, args = energy.kernel
         pinv = self._inverse_symbol(energy)
+        buf = _NO_MONITOR if monitor is None else monitor.reset().buffer
         y, f, gnorm, it, nev, status = loop_for(fg)(
             args, y0e.ravel(), float(self.gtol), float(self.rtol), int(self.maxiter),
-            int(self.history), float(self.c1), float(self.c2), int(self.max_linesearch), pinv)
+            int(self.history), float(self.c1), float(self.c2), int(self.max_linesearch), pinv,
+            buf)
         y = y.reshape(energy.shape)
         return SolveResult(y=energy.crop(y), energy=float(f), grad_norm=float(gnorm),
                            iterations=int(it), n_evals=int(nev), status=Status(status),

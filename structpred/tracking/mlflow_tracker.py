@@ -235,8 +235,9 @@ class Tracker:
             run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name,
                                    parent_run_id=parent, tags=dict(tags or {}))
         self.run_id = run.info.run_id
-        log.info("MLflow run %s in %s (experiment %r)", self.run_id, self.cfg["uri"],
-                 self.cfg["experiment"])
+        log.info("MLflow run %s in %s (experiment %r); in the MLflow UI: %s", self.run_id,
+                 self.cfg["uri"], self.cfg["experiment"],
+                 ui_link(self.cfg["uri"], run.info.experiment_id, self.run_id))
         return self.run_id
 
     def _known_run(self, run_id: str) -> bool:
@@ -332,6 +333,24 @@ class Tracker:
                         len(self.pending), self.pending_path or "memory (lost at exit)")
         if self.run_id is not None and mlflow.active_run() is not None:
             self.attempt("end_run", mlflow.end_run, status=status)
+
+
+#: MLflow 3.17's UI chooses between its GenAI view and its model-training view by a global
+#: switch (the URL parameter ``workflowType``, else the browser's last choice, else GenAI),
+#: not by the experiment's ``mlflow.experimentKind`` tag (which older 3.x versions read, and
+#: which is still set): a link with this parameter opens a run in the model-training view
+#: (checked in Chromium, ``experiments/ui_check.py``).
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where a run is in the MLflow UI, in the model-training view: the full URL for a
+    tracking server, else the page's path for ``mlflow ui --backend-store-uri <uri>``."""
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    page += f"?{UI_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
 
 
 # ------------------------------------------------------------------------- run names

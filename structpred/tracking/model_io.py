@@ -52,11 +52,14 @@ class TrainedModel:
                              hints=hints or API_HINTS)
         return from_gray255(self.denoise255(x), info)
 
-    def denoise255(self, x) -> np.ndarray:
+    def denoise255(self, x, *, monitor=None) -> np.ndarray:
         """The engine's call: ``argmin_y E`` of one (H, W) float image already in 0..255 (no
-        range rule), as float64."""
+        range rule), as float64. ``monitor``: a
+        :class:`structpred.solvers.monitor.SolveMonitor` to watch the solve from another
+        thread (:class:`structpred.solvers.monitor.InnerProgress`)."""
+        extra = {} if monitor is None else {"monitor": monitor}
         return self.solver.minimize(self.model, np.asarray(x, dtype=np.float64),
-                                    self.theta).y
+                                    self.theta, **extra).y
 
     def predict(self, images, *, value_range=None, gray: bool = False, hints=None):
         """Denoise one image (an (H, W) or (H, W, C) array, see :meth:`denoise`) or each image

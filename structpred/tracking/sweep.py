@@ -61,8 +61,14 @@ def open_parent_run(config: DictConfig, exp: str, n_jobs: int | None) -> str:
     swept = swept_values(config)
     overrides = " ".join(config.hydra.overrides.task)
     prefix = t.get("run_prefix") or config.get("task_name", "train")
-    model = (f"-{model_label(OmegaConf.to_container(config.model, resolve=True))}"
-             if isinstance(config.get("model"), DictConfig) else "")
+    model = ""
+    if isinstance(config.get("model"), DictConfig):
+        # a swept model key shows its values, not the first job's (foe{4,8}x3, not foe4x3)
+        spec = OmegaConf.to_container(config.model, resolve=True)
+        for k, v in swept.items():
+            if k.startswith("model.") and k[len("model."):] in spec:
+                spec[k[len("model."):]] = "{" + v + "}"
+        model = f"-{model_label(spec)}"
     name = f"sweep {'debug-' if t.get('debug') else ''}{prefix}{model} " + \
         " ".join(f"{k}={v}" for k, v in swept.items())
     tags = {"structpred.sweep": "parent", "structpred.task": "sweep",
