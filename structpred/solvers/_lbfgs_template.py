@@ -13,27 +13,12 @@ member as a constant and returns it as the member).
 import math
 
 import numpy as np
-import scipy.fft as _sfft
-from numba import njit, objmode
+from numba import njit
 
+from structpred.solvers.precond import fourier_apply as _precondition
 from structpred.solvers.result import Status
 
 fg = None  # codegen: fg
-
-
-def _fourier_apply(v, pinv):
-    """v <- irfft2(rfft2(v) * pinv) in place (object mode: Numba has no FFT)."""
-    H = pinv.shape[0]
-    W = v.size // H
-    V = _sfft.rfft2(v.reshape(H, W))
-    V *= pinv
-    v[:] = _sfft.irfft2(V, s=(H, W), overwrite_x=True).ravel()
-
-
-@njit(cache=True)   # no nogil: the object-mode block takes the GIL anyway
-def _precondition(v, pinv):
-    with objmode():
-        _fourier_apply(v, pinv)
 
 
 @njit(nogil=True, fastmath={"reassoc", "contract", "nsz"}, cache=True)
@@ -273,7 +258,18 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
     rho = np.zeros(history)
     al = np.zeros(history)
     d = np.empty(n)
-    My = np.empty(n if pinv.size > 0 else 0)
+    # With the preconditioner M: M g at the current and the trial point, and M y_k for every
+    # stored pair (M y_k = M g_t - M g, by linearity), so that M q = M g - sum_k al_k M y_k
+    # and y.M y cost one FFT pair per iteration (M g_t) instead of two (M q and M y): the
+    # FFTs cost as much as an energy evaluation on a 481x321 BSD68 image with 24x5x5 filters.
+    npre = n if pinv.size > 0 else 0
+    Mg = np.empty(npre)
+    Mg_t = np.empty(npre)
+    MYd = np.zeros((history if npre > 0 else 0, npre))
+    if npre > 0:
+        for i in range(n):
+            Mg[i] = g[i]
+        _precondition(Mg, pinv)
     y_t = np.empty(n)
     g_t = np.empty(n)
     count = 0      # stored pairs
@@ -298,7 +294,7 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
             Yi = Yd[idx]
             for i in range(n):
                 d[i] -= a_ * Yi[i]
-        if pinv.size == 0:
+        if npre == 0:
             if count > 0:
                 yy = _dot(Yd[newest], Yd[newest])
                 gamma = 1.0 / (rho[newest] * yy)
@@ -307,16 +303,20 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
             for i in range(n):
                 d[i] *= gamma
         else:
-            # H0 = (s.y / y.M y) M, M = the inverse of the model's Fourier symbol (two FFTs
-            # for M q, two for M y). Measured (issue 17b, from y0 = x): hard 24x5x5
+            # H0 = (s.y / y.M y) M, M = the inverse of the model's Fourier symbol. Measured (issue 17b, from y0 = x): hard 24x5x5
             # 730 it / 753 evals -> 390 / 413, hard 48x7x7 1041 / 1072 -> 541 / 571;
             # H0 = M unscaled: 610 / 615 and 895 / 909.
-            _precondition(d, pinv)
-            if count > 0:
+            # M q = M g - sum_k al_k M y_k (the first loop's q, by linearity)
+            for i in range(n):
+                d[i] = Mg[i]
+            for j in range(count):
+                idx = (newest - j) % history
+                a_ = al[idx]
+                MYi = MYd[idx]
                 for i in range(n):
-                    My[i] = Yd[newest, i]
-                _precondition(My, pinv)
-                gamma = 1.0 / (rho[newest] * _dot(Yd[newest], My))
+                    d[i] -= a_ * MYi[i]
+            if count > 0:
+                gamma = 1.0 / (rho[newest] * _dot(Yd[newest], MYd[newest]))
                 for i in range(n):
                     d[i] *= gamma
         for j in range(count - 1, -1, -1):
@@ -343,18 +343,29 @@ def lbfgs_minimize(args, y0, gtol, rtol, maxiter, history, c1, c2, max_evals_per
                 continue
             status = Status.LINESEARCH_FAILED
             break
-        # s = y_t - y, yk = g_t - g, stored in the ring buffer
+        # s = y_t - y, yk = g_t - g, stored in the ring buffer (and M yk = M g_t - M g)
         nxt = (newest + 1) % history
         Sn = S[nxt]
         Yn = Yd[nxt]
         for i in range(n):
             Sn[i] = y_t[i] - y[i]
             Yn[i] = g_t[i] - g[i]
+        if npre > 0:
+            for i in range(n):
+                Mg_t[i] = g_t[i]
+            _precondition(Mg_t, pinv)
+            MYn = MYd[nxt]
+            for i in range(n):
+                MYn[i] = Mg_t[i] - Mg[i]
+            Mg, Mg_t = Mg_t, Mg
         sy = _dot(Sn, Yn)
         if sy > 1e-16 * _dot(Yn, Yn):    # keep the pair only if it preserves positive definiteness
             rho[nxt] = 1.0 / sy
             newest = nxt
             count = min(count + 1, history)
+        elif count == history:
+            # the rejected pair was written over the oldest stored one (slot nxt): drop it
+            count -= 1
         y, y_t = y_t, y
         g, g_t = g_t, g
         f = f_new

@@ -42,8 +42,10 @@ _NO_MONITOR = np.zeros(0)          # the loop's "no monitor" (never written: siz
 
 
 def _depends_on():
-    from structpred.solvers import result
-    return (result.__file__,)           # the Status members are compiled in as constants
+    from structpred.solvers import precond, result
+    # the Status members are compiled in as constants; the preconditioner's jitted FFT is
+    # called from the loop (Numba's cache of the loop does not see an edit of precond.py)
+    return (result.__file__, precond.__file__)
 
 
 def loop_module_name(module: str, kernel: str) -> str:

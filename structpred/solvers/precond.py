@@ -17,7 +17,9 @@ on the hard cases): the constant rho''(0) is kept. As L-BFGS's initial inverse H
 from __future__ import annotations
 
 import numpy as np
+import rocket_fft  # noqa: F401  (scipy.fft inside Numba's nopython mode)
 import scipy.fft as sfft
+from numba import njit
 
 #: the values of the solvers' and gradients' ``preconditioner`` option
 PRECONDITIONERS = ("auto", "fft", None, "none")
@@ -55,6 +57,23 @@ def symbol_condition(symbol) -> float:
     return float(s.max() / s.min())
 
 
+@njit(nogil=True, cache=True)
+def fourier_apply(v, pinv):
+    """``v <- irfft2(rfft2(v) * pinv)`` in place, ``v`` flat (H * W,), ``pinv`` (H, W // 2 + 1)
+    the inverse symbol. Jitted: scipy.fft compiled into Numba's nopython mode by rocket-fft
+    (the same DUCC/pocketfft code as scipy.fft, bit for bit equal here), so the L-BFGS loop
+    calls it without an object-mode block and without the GIL (threads over images then
+    precondition in parallel). Measured on the hard cases (180x180, quiet 2-core machine,
+    /tmp profile in issue 17's note): the loop's cost per iteration beyond its energy
+    evaluations fell from 1.8-2.1 ms (object mode) to 0.1-0.8 ms (hard 24x5x5) and from
+    4.9 to 2.1 ms (hard 48x7x7); MAP solve 1.87-2.15 s -> 1.56 s and 8.0 -> 6.8 s."""
+    H = pinv.shape[0]
+    W = v.size // H
+    V = sfft.rfft2(v.reshape((H, W)))
+    V *= pinv
+    v[:] = sfft.irfft2(V, s=(H, W)).ravel()
+
+
 def fourier_preconditioner(symbol, shape):
     """``M(v) = irfft2(rfft2(v) / symbol)`` on (H, W) arrays (flat input accepted; the
     output has the input's shape). ``symbol`` is positive, of shape (H, W // 2 + 1)."""
@@ -66,7 +85,7 @@ def fourier_preconditioner(symbol, shape):
 
     def apply(v):
         v = np.asarray(v, dtype=np.float64)
-        V = sfft.rfft2(v.reshape(shape))
-        V *= inv
-        return sfft.irfft2(V, s=shape, overwrite_x=True).reshape(v.shape)
+        out = np.array(v, dtype=np.float64, order="C").ravel()
+        fourier_apply(out, inv)
+        return out.reshape(v.shape)
     return apply
