@@ -111,7 +111,7 @@ class LBFGS:
     preconditioner : {"auto", "fft", None}
         ``"fft"``: the initial inverse Hessian of every iteration is ``(s.y / y.M y) M``
         with ``M`` the inverse of the model's Fourier symbol of E_yy's quadratic part
-        (:meth:`EnergyModel.hessian_symbol`; four FFTs per iteration, in object mode);
+        (:meth:`EnergyModel.hessian_symbol`; two FFTs per iteration, jitted);
         ``None``: ``(s.y / y.y) I``; ``"auto"`` (default): ``"fft"`` when the symbol's
         condition number is at least ``precond_min_cond``. The stopping rule is unchanged.
     precond_min_cond : float
