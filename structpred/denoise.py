@@ -50,7 +50,8 @@ def parse_args(argv=None):
         epilog="Pixel values: uint8 0..255, uint16 0..65535, float 0..1 or 0..255 by their "
                "values, other integers if within 0..255; --range LO,HI says it instead. "
                "See README 'Your own images'.")
-    p.add_argument("model", help="MLflow run id, runs:/<id>, structpred_model.npz or run folder")
+    p.add_argument("model", help="pretrained:NAME (a shipped model, e.g. pretrained:foe-24x5-s25), "
+                   "an MLflow run id, runs:/<id>, structpred_model.npz or a run folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (their images) or glob patterns")
     p.add_argument("-o", "--out", default="denoised", help="output folder (default: denoised)")
@@ -77,11 +78,8 @@ def parse_args(argv=None):
 
 
 def default_tracking_uri() -> str:
-    import os
-
-    from structpred.configs import project_root
-    return os.environ.get("STRUCTPRED_MLFLOW_URI",
-                          f"sqlite:///{project_root()}/mlruns/mlflow.db")
+    from structpred.configs import default_tracking_uri as uri
+    return uri()
 
 
 # ---------------------------------------------------------------------------- inputs

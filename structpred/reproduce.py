@@ -60,11 +60,10 @@ def _family(name: str) -> tuple[str, int]:
 
 
 def default_data_root() -> Path:
-    import os
-    env = os.environ.get("STRUCTPRED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """The apps' ``paths.data_dir`` (``$STRUCTPRED_DATA``, else ``../shared/data`` beside the
+    checkout the command runs in, else ``./data``)."""
+    from structpred.configs import default_data_dir
+    return Path(default_data_dir())
 
 
 def load_bsd68(root: Path, sigma: float, *, limit=None, rounded=False, seed=0):
@@ -266,12 +265,8 @@ def _log_run(label, trained, sigma, rows, mean, seconds, args):
 
 
 def _default_uri() -> str:
-    import os
-    env = os.environ.get("STRUCTPRED_MLFLOW_URI")
-    if env:
-        return env
-    root = Path(__file__).resolve().parents[1]
-    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    from structpred.configs import default_tracking_uri
+    return default_tracking_uri()
 
 
 def ship(args) -> Path:
@@ -329,7 +324,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("table", help="evaluate the shipped models on BSD68, write the table")
-    t.add_argument("--out", default="experiments/reproduce/table")
+    t.add_argument("--out", default="experiments/reproduce/table",
+                   help="folder for table.md/.csv, per_image.csv/.png and the filter figures")
     t.add_argument("--models", nargs="*", help="names (default: every shipped model)")
     t.add_argument("--limit", type=int, default=None, help="first N images only")
     t.add_argument("--rounded", action="store_true", help="noisy images rounded to 8 bit")

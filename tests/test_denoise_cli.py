@@ -235,3 +235,27 @@ def test_channel_layouts_through_the_command(model_file, tmp_path, capsys):
     jpg = iio.imread(tmp_path / "o2" / "plain_denoised.png")           # lossless output
     assert jpg.dtype == np.uint8 and jpg.shape == (40, 48)
     assert psnr(jpg.astype(float), v.astype(float)) > 25
+
+
+def test_run_ids_are_looked_up_in_the_apps_store(tmp_path, monkeypatch):
+    """load_model(<run id>) without tracking_uri looks in $STRUCTPRED_MLFLOW_URI (as the CLIs
+    do), else in a store set for MLflow itself, else in the project's mlruns/mlflow.db; the
+    error names the store it looked in, and nothing is created."""
+    import mlflow
+
+    from structpred.tracking import model_io
+    run = "0123456789abcdef0123456789abcdef"
+    store = tmp_path / "lab" / "mlflow.db"
+    monkeypatch.setenv("STRUCTPRED_MLFLOW_URI", f"sqlite:///{store}")
+    with pytest.raises(FileNotFoundError, match=str(store)):
+        model_io.load_model(run)
+    monkeypatch.delenv("STRUCTPRED_MLFLOW_URI")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    before = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mine.db'}")
+        assert model_io._default_store() == f"sqlite:///{tmp_path / 'mine.db'}"
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert not (tmp_path / "lab").exists() and not (tmp_path / "mine.db").exists()

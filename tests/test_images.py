@@ -257,3 +257,19 @@ def test_folder_dataset_reads_float_and_16bit_and_takes_data_range(tmp_path):
     np.testing.assert_allclose(ds.clean[0], g * 255, rtol=1e-5)
     with pytest.raises(DataError, match="data.range: need finite LO < HI"):
         load_split("test", {"path": str(tmp_path), "glob": "c.tif"}, value_range="1,0", **kw)
+
+
+def test_written_images_get_the_users_file_mode(tmp_path):
+    """write_bytes goes through mkstemp (mode 0600); the image it leaves has the mode of any
+    new file of the user's (0666 less the umask), not 0600."""
+    import os
+    import stat
+
+    from structpred.data.images import write_bytes
+    old = os.umask(0o022)
+    try:
+        p = write_bytes(tmp_path / "a.png", b"x")
+        q = write_bytes(tmp_path / "a.png", b"y", overwrite=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o644 and q.read_bytes() == b"y"

@@ -1,7 +1,8 @@
 """hydra/launcher=ray (structpred/configs/hydra/launcher/ray.yaml): sweeps as Ray tasks
 through Hydra's own launcher plugin. The plugin (hydra-ray-launcher, extra ``ray-launcher``) pins cloudpickle
-2.2.1, which conflicts with joblib >= 1.5 (the joblib launcher of the test extra), so CI does
-not install it: the sweep test runs where the plugin is installed (README "Scaling out")."""
+2.2.1, which conflicts with joblib >= 1.5 (the joblib launcher of the test extra): the sweep
+test runs where the plugin is installed, which .ci/run does in a venv of its own (README
+"Scaling out")."""
 from __future__ import annotations
 
 import importlib.util
@@ -29,8 +30,8 @@ def test_ray_launcher_config_composes():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
-                    reason="optional: pip install -e '.[ray-launcher]' (not in CI: its "
-                           "cloudpickle pin conflicts with joblib's)")
+                    reason="optional: pip install -e '.[ray-launcher]' (its cloudpickle pin "
+                           "conflicts with joblib's: .ci/run runs it in a venv of its own)")
 def test_ray_launcher_sweep_makes_parent_with_children(tmp_path):
     """Two jobs as Ray tasks on a local Ray instance: the same MLflow parent/children layout
     as a joblib sweep (children named after their swept value, the parent's summary)."""

@@ -48,6 +48,23 @@ def data_root(root: str) -> str:
     return str(r.parent / "shared" / "data") if is_checkout(r) else str(r / "data")
 
 
+def default_tracking_uri() -> str:
+    """The MLflow store a run id is looked up in when none is given: ``$STRUCTPRED_MLFLOW_URI``,
+    else the project's ``mlruns/mlflow.db`` (the store the apps write to by default)."""
+    import os
+    return os.environ.get("STRUCTPRED_MLFLOW_URI",
+                          f"sqlite:///{project_root()}/mlruns/mlflow.db")
+
+
+def default_data_dir() -> str:
+    """The folder holding ``bsd68/`` and ``train400/`` when none is given, as the Hydra apps'
+    ``paths.data_dir``: ``$STRUCTPRED_DATA``, else :func:`data_root` of ``$STRUCTPRED_ROOT`` or
+    :func:`project_root`."""
+    import os
+    return os.environ.get("STRUCTPRED_DATA") or data_root(os.environ.get("STRUCTPRED_ROOT")
+                                                          or project_root())
+
+
 def register_resolvers() -> None:
     """Register ``${structpred_root:}`` and ``${structpred_data:ROOT}`` (idempotent)."""
     from omegaconf import OmegaConf

@@ -368,6 +368,11 @@ def write_bytes(dst, payload: bytes, *, overwrite: bool = False) -> Path:
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     try:
+        # mkstemp makes the file 0600; an image written for a user gets the mode any new
+        # file of theirs gets (0666 less the umask), as on a shared lab disk colleagues read it
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
         if overwrite:

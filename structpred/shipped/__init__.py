@@ -1,6 +1,6 @@
 """Trained models shipped with structpred (package data), loadable by name (issue 12's reproduction).
 
-``sp.pretrained("foe-48x7-s25")`` returns a :class:`~structpred.tracking.model_io.TrainedModel`
+``sp.pretrained("foe-24x5-s25")`` returns a :class:`~structpred.tracking.model_io.TrainedModel`
 (``.denoise(noisy)`` on (H, W) images in 0..255); the CLIs take ``model_ref=pretrained:NAME``.
 The files are ordinary model files (``structpred_model.npz`` layout) in this folder, named
 ``NAME.npz``; each carries in its metadata the training data, the protocol, the hours it
@@ -49,7 +49,7 @@ def path(name: str) -> Path:
 
 
 def pretrained(name: str, *, solver=None):
-    """Load the shipped model ``name`` (e.g. ``"foe-48x7-s25"``).
+    """Load the shipped model ``name`` (e.g. ``"foe-24x5-s25"``; :func:`available` lists them).
 
     Returns a :class:`~structpred.tracking.model_io.TrainedModel`; ``.meta`` holds its
     provenance (``bsd68_psnr`` in dB, ``hours``, ``commit``, ``protocol``, ``sigma``).

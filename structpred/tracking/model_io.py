@@ -167,17 +167,34 @@ def load_model(ref, *, solver=None, tracking_uri: str | None = None) -> TrainedM
         raise FileNotFoundError(f"{ref}: not a model file, a folder or an MLflow run id")
     import mlflow
     from mlflow.exceptions import MlflowException
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = tracking_uri or _default_store()
     _check_store(uri, ref)            # a lookup never creates a store as a side effect
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     try:
+        # the store given per call: MLflow's global tracking URI is left as it was
         local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}")
+            run_id=run_id, artifact_path=f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}", tracking_uri=uri)
     except MlflowException as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise FileNotFoundError(f"{ref}: not found in the MLflow store {uri} ({first})") from None
     return read_model_file(local, solver)
+
+
+def _default_store() -> str:
+    """Where a run id is looked up without ``tracking_uri``: ``$STRUCTPRED_MLFLOW_URI``, else a
+    store the user set for MLflow itself (``mlflow.set_tracking_uri``, ``MLFLOW_TRACKING_URI``),
+    else the project's ``mlruns/mlflow.db`` (where the apps write by default)."""
+    import os
+
+    from structpred.configs import default_tracking_uri
+    try:
+        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+    except ImportError:            # a private helper of MLflow: its environment variable then
+        def is_tracking_uri_set():
+            return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+    if not os.environ.get("STRUCTPRED_MLFLOW_URI") and is_tracking_uri_set():
+        import mlflow
+        return mlflow.get_tracking_uri()
+    return default_tracking_uri()
 
 
 def _check_store(uri: str, ref: str) -> None:

@@ -125,11 +125,11 @@ def summarize(run_id: str, config: DictConfig) -> dict:
               "finished": sum(r.info.status == "FINISHED" for r in children),
               "failed": sum(r.info.status in ("FAILED", "KILLED", "RUNNING") for r in children)}
     metrics = {f"sweep/{k}": float(v) for k, v in counts.items()}
-    lines = [f"{'run name':<60} {'status':<9} {key}"]
+    lines = [f"{'run name':<60} {'status':<9} {key:<10}  run id"]
     for r in sorted(children, key=lambda r: r.info.start_time or 0):
         v = r.data.metrics.get(key)
         lines.append(f"{(r.info.run_name or '')[:60]:<60} {r.info.status:<9} "
-                     f"{'-' if v is None else f'{v:.4f}'}  {r.info.run_id}")
+                     f"{'-' if v is None else f'{v:.4f}':<10}  {r.info.run_id}")
     if best is not None:
         metrics[f"sweep/best_{key.replace('/', '_')}"] = float(best[0])
         client.set_tag(run_id, "structpred.best_run_id", best[1].info.run_id)

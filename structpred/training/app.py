@@ -135,9 +135,11 @@ def _progress_enabled(cfg) -> bool:
         try:
             from hydra.core.hydra_config import HydraConfig
             from hydra.types import RunMode
-            return HydraConfig.get().mode != RunMode.MULTIRUN
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                return False
         except Exception:  # not under Hydra (compose API, scripts)
-            return sys.stderr.isatty()
+            pass
+        return sys.stderr.isatty()      # a bar redirected into a log file is noise
     return bool(cfg.progress)
 
 
@@ -296,9 +298,14 @@ def finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_di
     log.info("stopped because: %s", reason)
     final = {"test_psnr_noisy": noisy_mean, "test_psnr_init": float(np.mean(init_ps)),
              "test_psnr": float(np.mean(final_ps))}
+    logged = dict(final)
     if val_set is not None:
-        final["val_psnr"] = mean_psnr(denoise_all(model, theta, val_set.noisy, solver),
-                                      val_set)
+        last = history[-1] if history else {}
+        if last.get("step") == state.iteration and "val_psnr" in last:
+            final["val_psnr"] = float(last["val_psnr"])   # measured and logged at this step
+        else:
+            final["val_psnr"] = logged["val_psnr"] = mean_psnr(
+                denoise_all(model, theta, val_set.noisy, solver), val_set)
     model_file = save_model(out_dir / MODEL_FILE, model, theta, solver=solver,
                             meta={"sigma": float(cfg.data.sigma), "iterations": state.iteration,
                                   **final})
@@ -313,7 +320,7 @@ def finish(cfg, model, solver, theta0, state, test_set, val_set, history, out_di
         pics.append(plots.plot_curves(history, art / "curves.png"))
     (art / "summary.txt").write_text(text + f"\nstopped because: {reason}\n")
     if tracker:
-        tracker.log_metrics(final, state.iteration)
+        tracker.log_metrics(logged, state.iteration)
         for p in pics + [art / "summary.txt"]:
             tracker.log_artifact(p, "plots" if p.suffix == ".png" else None)
         tracker.log_artifact(model_file, MODEL_ARTIFACT_DIR)
