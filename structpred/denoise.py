@@ -217,7 +217,7 @@ def run_job(job: Job, trained, task, args, out: Path, value_range, monitor=None)
         job.written.append(write_bytes(targets[1], encode(x, info), overwrite=args.overwrite))
     y = trained.denoise255(x, monitor=monitor)
     job.written.insert(0, write_bytes(dst, encode(y, info), overwrite=args.overwrite))
-    return f"{job.source} -> {dst} ({info.describe()}){_psnr_text(x, y, clean)}"
+    return f"{job.source} ({info.describe()}) -> {dst}{_psnr_text(x, y, clean)}"
 
 
 # ---------------------------------------------------------------------------- main
@@ -250,9 +250,11 @@ def main(argv=None) -> int:
         print(f"model task: {task.describe()}", flush=True)
     out = Path(args.out)
     todo = [j for j in jobs if j.error is None]
+    refused = len(jobs) - len(todo) + len(missing)   # counted as failed in the summary
     if todo:
-        print(f"{len(todo)} image(s) -> {out}/ (the first one compiles the Numba kernels if "
-              "they are not cached)", flush=True)
+        print(f"{len(todo)} image(s) -> {out}/"
+              + (f" ({refused} input(s) refused before starting, see the errors)"
+                 if refused else ""), flush=True)
     bar = _bar(len(jobs), args.progress)
     inner = _inner_progress(bar)
     start = time.perf_counter()

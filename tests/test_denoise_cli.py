@@ -66,7 +66,7 @@ def test_float_tiff_in_0_1_comes_out_in_0_1_with_psnr_on_its_scale(model_file, t
     want = psnr(y.astype(float) * 255, g.astype(float) * 255)
     before = psnr(noisy.astype(float) * 255, g.astype(float) * 255)
     assert want > before + 1                 # an untrained model, but it denoises
-    line = next(ln for ln in out if ln.startswith(f"{tmp_path / 'micro.tif'} -> "))
+    line = next(ln for ln in out if ln.startswith(f"{tmp_path / 'micro.tif'} (") and " -> " in ln)
     assert f"noisy {before:.2f} dB -> denoised {want:.2f} dB" in line
     assert "(float32 L, 0..1)" in line
 
