@@ -31,11 +31,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench_engine as B  # noqa: E402  (the peer's case, re-implemented there)
+import bench_engine as B  # the peer's case, re-implemented there
 
-import structpred as sp  # noqa: E402
-from structpred.kernels.threads import engine_threads  # noqa: E402
-from structpred.solvers.precond import fourier_preconditioner, select_symbol  # noqa: E402
+import structpred as sp
+from structpred.kernels.threads import engine_threads
+from structpred.solvers.precond import fourier_preconditioner, select_symbol
 
 
 def newton_cg(energy, *, gtol=1e-6, maxiter=500, max_cg=200, precondition=True):

@@ -24,7 +24,7 @@ from structpred.training.executors import LocalExecutor, RayExecutor, RemoteWarm
 from structpred.training.faults import SignalAt
 from structpred.training.optimizers import WarmStart
 from structpred.training.trainer import Callback
-from train_helpers import compose_cfg
+from train_helpers import compose_cfg, noisy_pairs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -35,12 +35,7 @@ def ray_instance():
 
 
 def _pairs(n, shape, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        t = rng.uniform(50, 200, size=shape)
-        out.append((t + 25 * rng.normal(size=shape), t))
-    return out
+    return noisy_pairs(n, shape, seed)
 
 
 def _setup(n=5, shape=(14, 13)):

@@ -11,6 +11,7 @@ from ray.cluster_utils import Cluster
 
 import structpred as sp
 from structpred.training.executors import LocalExecutor, RayExecutor
+from train_helpers import noisy_pairs
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,7 @@ def cluster():
 
 
 def _pairs(n, shape, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        t = rng.uniform(50, 200, size=shape)
-        out.append((t + 25 * rng.normal(size=shape), t))
-    return out
+    return noisy_pairs(n, shape, seed)
 
 
 def test_two_nodes_rebalance_across_nodes_equals_local(cluster):

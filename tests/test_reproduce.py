@@ -15,7 +15,7 @@ from structpred.training.app import train
 from structpred.training.checkpoint import load_checkpoint
 from structpred.training.loop import TrainObjective
 from structpred.training.optimizers import WarmStart
-from train_helpers import DATA, compose_cfg
+from train_helpers import DATA, compose_cfg, noisy_pairs
 
 REPRO = ["+experiment=reproduce_foe24x5_s25", "+debug=fast", "model.num_filters=4",
          "model.filter_size=3", "val_every=1"]
@@ -26,12 +26,7 @@ class Stop(Exception):
 
 
 def _pairs(n=5, shape=(14, 13)):
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        t = rng.uniform(50, 200, size=shape)
-        out.append((t + 15 * rng.normal(size=shape), t))
-    return out
+    return noisy_pairs(n, shape, sigma=15.0)
 
 
 def test_interrupted_evaluation_keeps_finished_images(tmp_path):

@@ -47,3 +47,15 @@ def run_cli(module, args, tmp: Path, store: Path, timeout=300, env_extra=None):
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def noisy_pairs(n, shape, seed=0, sigma=25.0):
+    """``n`` (noisy, clean) pairs of random images in 50..200 of ``shape`` (the small cases of
+    the executor and reproduction tests)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        t = rng.uniform(50, 200, size=shape)
+        out.append((t + sigma * rng.normal(size=shape), t))
+    return out

@@ -64,7 +64,7 @@ def fourier_apply(v, pinv):
     (the same DUCC/pocketfft code as scipy.fft, bit for bit equal here), so the L-BFGS loop
     calls it without an object-mode block and without the GIL (threads over images then
     precondition in parallel). Measured on the hard cases (180x180, quiet 2-core machine,
-    /tmp profile in issue 17's note): the loop's cost per iteration beyond its energy
+    ``experiments/loop_overhead.py``): the loop's cost per iteration beyond its energy
     evaluations fell from 1.8-2.1 ms (object mode) to 0.1-0.8 ms (hard 24x5x5) and from
     4.9 to 2.1 ms (hard 48x7x7); MAP solve 1.87-2.15 s -> 1.56 s and 8.0 -> 6.8 s."""
     H = pinv.shape[0]
