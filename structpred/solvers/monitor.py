@@ -31,16 +31,12 @@ from structpred.solvers.result import Status
 #:
 #: Overhead: per iteration the loop writes 4 floats behind one size test (an energy
 #: evaluation of this model on this image is ~20 ms); the reader wakes every 0.5 s.
-#: Measured with ``python experiments/bench_monitor.py --repeats 5 --pause-while
-#: /work/QUIET`` (BSD68 test001, 481x321, the reproduction's FoE 24x5x5 at iteration 112,
-#: sigma 25, its solver gtol 1e-4: 414 iterations, 433 evaluations; off/on alternated,
-#: medians of 5; results identical bit for bit) on the shared 2-core machine with a
-#: training run beside it (load average 8-12, so the solves got ~60% of the cores):
-#: run 1 wall 31.0 s without, 35.3 s with (+13.6%); run 2 wall 39.5 s / 42.0 s (+6.4%),
-#: process CPU 24.09 s / 23.59 s (-2.1%). The wall times of single solves spread from 29
-#: to 46 s in each mode, so the wall difference is not resolved by these runs; the CPU
-#: time, which the load disturbs less, shows no cost. To be measured again on a quiet
-#: machine (``--variants off,on,buffer,thread`` separates the buffer from the thread).
+#: Measured with ``python experiments/bench_monitor.py --repeats 5`` on the quiet 2-core
+#: machine (the training paused; BSD68 test001, 481x321, the reproduction's FoE 24x5x5 at
+#: iteration 112, sigma 25, its solver gtol 1e-4: 414 iterations, 433 evaluations; off/on
+#: alternated, medians of 5; results identical bit for bit): wall 12.86 s without, 12.04 s
+#: with; CPU 22.10 s / 21.22 s: no measurable cost (earlier runs at load 8-12 had spread
+#: 29-46 s per solve in both modes).
 SLOTS = {"iteration": 0, "grad_norm": 1, "energy": 2, "evals": 3, "tol": 4,
          "grad_norm0": 5, "state": 6, "status": 7, "maxiter": 8}
 SIZE = len(SLOTS)
