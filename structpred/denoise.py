@@ -77,11 +77,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def default_tracking_uri() -> str:
-    from structpred.configs import default_tracking_uri as uri
-    return uri()
-
-
 # ---------------------------------------------------------------------------- inputs
 @dataclass
 class Job:
@@ -237,6 +232,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
+        from structpred.configs import default_tracking_uri
         trained = load_model(args.model, tracking_uri=args.tracking_uri or default_tracking_uri())
     except (FileNotFoundError, OSError, ModelFileError) as exc:
         print(f"error: model: {exc}", file=sys.stderr)

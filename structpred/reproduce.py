@@ -252,7 +252,8 @@ def _plot_per_image(per_image, path):
 
 def _log_run(label, trained, sigma, rows, mean, seconds, args):
     from structpred.tracking.mlflow_tracker import Tracker
-    uri = args.tracking_uri or _default_uri()
+    from structpred.configs import default_tracking_uri
+    uri = args.tracking_uri or default_tracking_uri()
     tracker = Tracker({"uri": uri, "experiment": "structpred-reproduce", "enabled": True})
     tag = f"bsd68_s{int(sigma)}"
     tracker.start(run_name=f"table {label} on {len(rows)} BSD68 images",
@@ -262,11 +263,6 @@ def _log_run(label, trained, sigma, rows, mean, seconds, args):
                         "rounded": bool(args.rounded)})
     tracker.log_metrics({f"eval/{tag}/psnr": mean, f"eval/{tag}/seconds": seconds}, 0)
     tracker.end("FINISHED")
-
-
-def _default_uri() -> str:
-    from structpred.configs import default_tracking_uri
-    return default_tracking_uri()
 
 
 def ship(args) -> Path:
