@@ -5,11 +5,14 @@ Two commands::
     # evaluate every shipped model (structpred/shipped/) on all 68 BSD68 images, write
     # table.md, table.csv, per_image.csv, per_image.png and filters-<name>.png, and record
     # each model's BSD68 PSNR in its metadata (sp.pretrained(NAME).meta["bsd68_psnr"])
+    # (each evaluation's per-image rows are kept in OUT/results/ under a digest of the
+    # model, solver and images, and reused while those are unchanged: --fresh redoes all)
     python -m structpred.reproduce table [--out experiments/reproduce/table] [--limit N]
            [--models NAME ...] [--rounded] [--also-valid foe-48x7-s25] [--no-mlflow]
+           [--fresh]
 
     # ship a training run's checkpoint (or model file) as the pretrained model NAME,
-    # with its provenance (protocol, hours, commit) in the file's metadata
+    # with its provenance (protocol, hours, the commits that trained it) in its metadata
     python -m structpred.reproduce ship NAME CHECKPOINT [--protocol TEXT]
 
 Noise follows the published convention (``../shared/data/README.md``): clean + sigma N(0, 1)
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -105,14 +107,60 @@ def denoise_batch(trained, images, threads: int | None = None, progress=None, in
         return list(pool.map(one, range(len(images))))
 
 
-def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=None):
-    """Per-image PSNR (dB) of ``trained`` on BSD68 at its training sigma, and timing."""
+def evaluation_key(trained, names, clean, noisy) -> str:
+    """sha256 of everything an evaluation's numbers depend on: the model (its config and
+    parameters), the solver and its tolerances, and the images (names, clean and noisy
+    pixels, so the noise seed and rounding are in it). Not the engine's code: a commit that
+    changes the solver's last bits keeps the key (the cache records the commit it ran at)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": [trained.model.name, trained.model.config()],
+                         "solver": [type(trained.solver).__name__, asdict(trained.solver)],
+                         "images": list(names)}, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(trained.theta, dtype=np.float64).tobytes())
+    for a in (*clean, *noisy):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _cache_file(cache_dir: Path, label: str, rounded: bool, n: int) -> Path:
+    slug = label.replace(" (valid)", "-valid").replace(" ", "_")
+    return Path(cache_dir) / f"{slug}{'-rounded' if rounded else ''}-{n}.json"
+
+
+def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=None,
+                   cache_dir=None, fresh=False):
+    """Per-image PSNR (dB) of ``trained`` on BSD68 at its training sigma, and timing:
+    ``(sigma, rows, seconds, reused)``.
+
+    With ``cache_dir``, the rows are kept there as JSON under the :func:`evaluation_key`
+    (one file per model label, rounding and image count) and reused when the key matches
+    (``fresh``: evaluate anyway): regenerating the table after one model changed then
+    evaluates only that model."""
+    import json
+
     from tqdm import tqdm
 
     from structpred.losses import psnr
+    from structpred.provenance import code_commit
     from structpred.solvers.monitor import InnerProgress, bar_reporter
     sigma = float(trained.meta.get("sigma", _family(name)[1]))
     names, clean, noisy = load_bsd68(root, sigma, limit=limit, rounded=rounded)
+    cache = key = None
+    if cache_dir is not None:
+        cache, key = _cache_file(cache_dir, name, rounded, len(names)), \
+            evaluation_key(trained, names, clean, noisy)
+        if not fresh and cache.is_file():
+            try:
+                got = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                got = {}
+            if got.get("key") == key:
+                log.info("%s: reusing the evaluation of %s (commit %s; --fresh to redo)",
+                         name, cache, got.get("commit"))
+                return sigma, got["rows"], float(got["seconds"]), True
     t0 = time.perf_counter()
     with tqdm(total=len(noisy), desc=name, unit="img", file=sys.stderr) as bar, \
             InnerProgress(bar_reporter(bar), after=2.0) as inner:
@@ -121,17 +169,16 @@ def evaluate_model(name, trained, root, *, limit=None, rounded=False, threads=No
                                 names=names)
     seconds = time.perf_counter() - t0
     rows = [dict(image=n, psnr_noisy=psnr(x, t), psnr=psnr(r.y, t), iterations=r.iterations,
-                 converged=r.converged) for n, x, t, r in zip(names, noisy, clean, results)]
-    return sigma, rows, seconds
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).resolve().parent,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+                 converged=bool(r.converged)) for n, x, t, r in zip(names, noisy, clean,
+                                                                      results)]
+    if cache is not None:
+        from structpred.fileio import write_atomic
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps({"key": key, "model": name, "sigma": sigma,
+                                        "rounded": bool(rounded), "seconds": seconds,
+                                        "commit": code_commit(), "rows": rows},
+                                       indent=1).encode())
+    return sigma, rows, seconds, False
 
 
 def table(args) -> Path:
@@ -164,20 +211,21 @@ def table(args) -> Path:
                                                                                  "pad")}
             trained = dataclasses.replace(trained, model=make_model(trained.model.name, **cfg))
             label = f"{name} (valid)"
-        sigma, rows, seconds = evaluate_model(label, trained, root, limit=args.limit,
-                                              rounded=args.rounded, threads=args.threads)
+        sigma, rows, seconds, reused = evaluate_model(
+            label, trained, root, limit=args.limit, rounded=args.rounded,
+            threads=args.threads, cache_dir=out / "results", fresh=args.fresh)
         mean = float(np.mean([r["psnr"] for r in rows]))
         ours[label] = (int(sigma), mean, trained.meta)
         per_image[label] = rows
         timing[label] = seconds
-        log.info("%s: mean PSNR %.3f dB on %d images at sigma %g (%.0f s)", label, mean,
-                 len(rows), sigma, seconds)
+        log.info("%s: mean PSNR %.3f dB on %d images at sigma %g (%.0f s%s)", label, mean,
+                 len(rows), sigma, seconds, ", reused" if reused else "")
         if not as_valid and args.limit is None and not args.rounded and args.record:
             _record_psnr(name, trained, mean, len(rows))
         if not as_valid and getattr(trained.model, "filter_size", 0) >= 3 and \
                 hasattr(trained.model, "basis"):
             plots.plot_filters(trained.model, trained.theta, out / f"filters-{name}.png")
-        if args.mlflow:
+        if args.mlflow and not reused:
             _log_run(label, trained, sigma, rows, mean, seconds, args)
     n_images = len(next(iter(per_image.values())))
     md = _markdown(ours, timing, n_images, args.rounded)
@@ -268,6 +316,7 @@ def _log_run(label, trained, sigma, rows, mean, seconds, args):
 def ship(args) -> Path:
     """Write the pretrained model NAME from a training checkpoint (or a model file)."""
     from structpred import shipped as reg
+    from structpred.provenance import code_commit, describe_commits
     from structpred.tracking.model_io import ModelFileError, read_model_file, save_model
     from structpred.training.checkpoint import CheckpointError, load_latest
     src = Path(args.checkpoint)
@@ -295,17 +344,37 @@ def ship(args) -> Path:
                 "train_psnr": hist[-1].get("train_psnr") if hist else None,
                 "val_psnr": next((h["val_psnr"] for h in reversed(hist) if "val_psnr" in h),
                                  None),
-                "mlflow_run_id": ck.get("run_id")}
+                "mlflow_run_id": ck.get("run_id"),
+                "protocol": _describe_protocol(cfg, int(state.iteration))}
+        if ck.get("commits"):
+            meta["commit"] = describe_commits(ck["commits"])
     if args.name not in reg.NAMES and not args.force:
         raise UsageError(f"{args.name}: not one of the reproduction's names {reg.NAMES} "
                          "(--force to ship it anyway)")
-    meta.update({"name": args.name, "commit": _git_commit(), "source": str(src)})
+    if "commit" not in meta:    # a checkpoint from before commits were recorded
+        meta["commit"] = f"{code_commit()} (when shipped; the checkpoint records none)"
+    meta.update({"name": args.name, "source": str(src)})
     if args.protocol:
         meta["protocol"] = args.protocol
     dest = reg.folder() / f"{args.name}.npz"
     save_model(dest, model, theta, solver=solver, meta=meta)
     print(f"shipped {dest} ({model!r}, {meta.get('iterations')} outer iterations)")
     return dest
+
+
+def _describe_protocol(cfg, iterations: int) -> str:
+    """One line of what trained the model, from the checkpoint's resolved config."""
+    sol, grad = cfg.solver, cfg.gradient
+    parts = [_describe_data(cfg),
+             f"boundary {cfg.model.get('boundary', 'valid')}",
+             f"inner {sol.get('name', 'lbfgs')} gtol {sol.get('gtol')} (absolute)"
+             + (f" rtol {sol.get('rtol')}" if sol.get("rtol") else ""),
+             f"{grad.get('name', 'implicit')} gradient rtol {grad.get('rtol')}",
+             f"outer {cfg.optimizer.get('name', '?')}, {iterations} outer iterations"]
+    init = cfg.get("init", {}).get("from") if cfg.get("init") else None
+    if init:
+        parts.append(f"initialised from {init}")
+    return "experiments/reproduce/README.md: " + ", ".join(str(p) for p in parts)
 
 
 def _describe_data(cfg) -> str:
@@ -335,6 +404,9 @@ def main(argv=None) -> int:
                    help="do not write the measured PSNR into the shipped models' metadata "
                    "(written only for all images, unrounded)")
     t.add_argument("--tracking-uri", default=None)
+    t.add_argument("--fresh", action="store_true", help="evaluate every model again, even "
+                   "where OUT/results/ holds an evaluation with the same model, solver and "
+                   "images")
     s = sub.add_parser("ship", help="ship a checkpoint or model file as a pretrained model")
     s.add_argument("name")
     s.add_argument("checkpoint")

@@ -102,7 +102,13 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     assert reproduce.main(["ship", "foe-24x5-s25", str(state_file)]) == 0
     trained = sp.pretrained("foe-24x5-s25")
     assert trained.model.boundary == "symmetric" and trained.meta["iterations"] == 3
-    assert trained.meta["commit"] and trained.meta["sigma"] == 25.0
+    assert trained.meta["sigma"] == 25.0
+    # the commit that trained it (one segment: both processes ran the same code), the protocol
+    from structpred.provenance import code_commit
+    assert meta["commits"] == [[0, code_commit()]]
+    assert trained.meta["commit"] == code_commit()
+    assert "boundary symmetric" in trained.meta["protocol"]
+    assert "3 outer iterations" in trained.meta["protocol"]
     np.testing.assert_array_equal(trained.theta, state.theta)
     from structpred.tracking.model_io import load_model
     assert load_model("pretrained:foe-24x5-s25").model.config() == trained.model.config()
@@ -145,6 +151,22 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     logged = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert {r.data.params["model"] for r in logged} == set(ours)
     assert all("eval/bsd68_s25/psnr" in r.data.metrics for r in logged)
+
+    # a second table reuses the kept evaluations (nothing new logged); a model whose
+    # parameters changed is evaluated again
+    first = (out / "per_image.csv").read_text()
+    assert sorted(p.name for p in (out / "results").iterdir()) == [
+        "foe-24x5-s25-2.json", "foe-24x5-s25-valid-2.json"]
+    assert reproduce.main(["table", "--out", str(out), "--limit", "2", "--data", str(DATA),
+                           "--also-valid", "foe-24x5-s25", "--tracking-uri", uri]) == 0
+    assert (out / "per_image.csv").read_text() == first
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 2
+    import dataclasses
+    kw = dict(limit=2, cache_dir=out / "results")
+    assert reproduce.evaluate_model("foe-24x5-s25", again, DATA, **kw)[3]
+    assert not reproduce.evaluate_model("foe-24x5-s25", again, DATA, fresh=True, **kw)[3]
+    moved = dataclasses.replace(again, theta=again.theta * (1 + 1e-12))
+    assert not reproduce.evaluate_model("foe-24x5-s25", moved, DATA, **kw)[3]
 
 
 def test_reproduce_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):

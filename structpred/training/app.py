@@ -186,6 +186,14 @@ def _start_run(tracker, cfg, resolved: dict, meta: dict, ckpt_path: Path, out_di
     tracker.log_artifact(out_dir / "config.yaml")
 
 
+def _commits(meta: dict, state) -> list:
+    """The checkpoint's code segments with this process's commit added (a resumed
+    checkpoint written before commits were recorded starts with an "unknown" segment)."""
+    from structpred.provenance import extend_commits
+    before = meta.get("commits") or ([[0, "unknown"]] if state is not None else [])
+    return extend_commits(before, state.iteration if state is not None else 0)
+
+
 # ------------------------------------------------------------------------------- main
 def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     """Train the model a config describes; returns ``cfg.optimized_metric`` at the end.
@@ -240,7 +248,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 IterationLog(optimizer.max_iter),
                 Checkpointer(ckpt_path, optimizer, every=cfg.checkpoint.every,
                              save_warm=cfg.checkpoint.save_warm, config=resolved,
-                             tracker=tracker, executor=fun),
+                             tracker=tracker, executor=fun,
+                             commits=_commits(meta, state)),
                 Rebalance(fun),   # executor=ray: shards by measured cost, between iterations
             ])
         trainer.restore(meta.get("trainer"), before)   # the rejection memory, if resumed

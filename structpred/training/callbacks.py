@@ -171,13 +171,16 @@ class Checkpointer(Callback):
     goes back to, if the optimiser needs it), and as metadata the MLflow run id, the
     metric history, the elapsed time and the resolved ``config``. ``save_warm=False`` drops
     the warm starts (a small file; a resume then costs one cold evaluation); otherwise they
-    are fetched from the ``executor`` if it holds them elsewhere (Ray). A write that fails
+    are fetched from the ``executor`` if it holds them elsewhere (Ray). ``commits``: the
+    ``[[first outer iteration, commit], ...]`` of the code that trained the run
+    (:mod:`structpred.provenance`), kept in the metadata. A write that fails
     (disk full) is reported and training goes on: the previous file is intact.
     """
 
     def __init__(self, path, optimizer, *, every: int, save_warm: bool, config: dict,
-                 tracker=None, executor=None):
+                 tracker=None, executor=None, commits=None):
         self.path, self.optimizer = Path(path), optimizer
+        self.commits = list(commits or [])
         self.every, self.save_warm = int(every), bool(save_warm)
         self.config, self.tracker, self.executor = config, tracker, executor
 
@@ -211,7 +214,7 @@ class Checkpointer(Callback):
                      for k, v in extra.items()}
         meta = {"run_id": self.tracker.run_id if self.tracker else None,
                 "history": trainer.history, "elapsed": trainer.elapsed,
-                "config": self.config, "trainer": trainer.memory()}
+                "config": self.config, "trainer": trainer.memory(), "commits": self.commits}
         try:
             save_checkpoint(self.path, self.optimizer.name, state, meta, extra_states=extra)
         except CheckpointError as exc:  # e.g. disk full: keep training, the old file is intact
