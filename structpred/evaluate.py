@@ -167,11 +167,19 @@ def _images_used(spec) -> tuple[int, int]:
 
 def _model_run(ref: str, uri) -> tuple[str | None, str | None]:
     """(run id, run name) of the training run behind a model reference given as a run id
-    or ``runs:/<id>/...``; (None, None) for a file or folder."""
+    or ``runs:/<id>/...``; for a shipped model or a file, (None, a short label): the name
+    of ``pretrained:NAME``, the file's stem (its folder's name for a ``structpred_model.npz``),
+    so that the evaluation's run name says which model it evaluated."""
     import re
-    m = re.fullmatch(r"(?:runs:/)?([0-9a-f]{32})(?:/.*)?", ref.strip())
+    ref = ref.strip()
+    m = re.fullmatch(r"(?:runs:/)?([0-9a-f]{32})(?:/.*)?", ref)
     if not m:
-        return None, None
+        if ref.startswith("pretrained:"):
+            return None, ref[len("pretrained:"):]
+        p = Path(ref)
+        if p.suffix == ".npz" and p.stem != "structpred_model":
+            return None, p.stem
+        return None, (p.parent.name if p.suffix == ".npz" else p.name) or None
     try:
         import mlflow
         run = mlflow.MlflowClient(tracking_uri=uri).get_run(m.group(1))

@@ -180,3 +180,13 @@ def test_compile_notice_said_only_for_a_slow_compilation_of_our_kernels(caplog):
             jitted("structpred.fake")(a)                   # ours and "slow"
     assert "compiling the Numba kernels (f)" in caplog.text
     assert "compiled in" in caplog.text
+
+
+def test_evaluation_run_names_say_which_model(tmp_path):
+    """An evaluation of a shipped model or a model file is named after it (a run id's
+    reference is named after the training run, checked in test_cli_e2e)."""
+    from structpred.evaluate import _model_run
+    assert _model_run("pretrained:foe-24x5-s25", None) == (None, "foe-24x5-s25")
+    assert _model_run(str(tmp_path / "denoiser.npz"), None) == (None, "denoiser")
+    assert _model_run(str(tmp_path / "run7" / "structpred_model.npz"), None) == (None, "run7")
+    assert _model_run(str(tmp_path / "run7"), None) == (None, "run7")
