@@ -38,13 +38,14 @@ from structpred.objective import (  # noqa: E402
 )
 from structpred.shipped import pretrained
 from structpred.solvers import HeavyBall, LBFGS, SolveResult, Status, make_solver
+from structpred.validation import PixelRangeWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdjointInfo", "AdjointWarning", "BatchResult", "BoundEnergy", "EnergyModel", "HeavyBall", "FieldsOfExperts",
     "FilterMRF", "GaussianMRF", "GradCheck", "ImplicitGradient", "LBFGS", "MSELoss",
-    "PairResult", "SolveResult", "Status", "TruncatedGradient", "UnrolledGradient",
+    "PairResult", "PixelRangeWarning", "SolveResult", "Status", "TruncatedGradient", "UnrolledGradient",
     "UnrolledInfo", "batch_loss_and_grad", "check_grad", "loss_and_grad_at", "resolve_pair",
     "check_loss_gradient", "check_model_derivatives", "loss_and_grad", "make_gradient",
     "make_model", "make_solver", "mse", "psnr", "pretrained",

@@ -1,7 +1,32 @@
 """Input checks shared by the public API: each raises a ValueError that names the argument."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+
+class PixelRangeWarning(UserWarning):
+    """An image looks like 0..1 pixels where structpred works in 0..255 (noise levels,
+    initial parameters, PSNR): likely a silently wrong result, so it is said once."""
+
+
+def warn_if_unit_range(name: str, arr: np.ndarray, *, stacklevel: int = 3) -> None:
+    """Warn (:class:`PixelRangeWarning`, once per call site) if the image ``arr`` looks like
+    0..1 pixels, noisy or not, by the rule that reads image files
+    (:mod:`structpred.data.images`: a 99.5th percentile <= 2), a constant image excepted.
+    The models, ``init_params(sigma=...)``, the noise levels and PSNR use 0..255; a model
+    trained on 0..1 data is legitimate, hence a warning and not an error
+    (``warnings.filterwarnings("ignore", category=PixelRangeWarning)``)."""
+    if not arr.size:
+        return
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi > 10.0 or hi == lo:     # the usual 0..255 image: no percentile (a few ms) needed
+        return
+    if hi <= 2.0 or float(np.percentile(arr, 99.5)) <= 2.0:
+        warnings.warn(f"{name}: pixel values in {lo:.3g}..{hi:.3g} look like a 0..1 image; "
+                      "structpred's models, noise levels (sigma) and PSNR use 0..255 "
+                      "(multiply by 255)", PixelRangeWarning, stacklevel=stacklevel)
 
 
 def as_image(name: str, a, *, min_shape: tuple[int, int] = (1, 1)) -> np.ndarray:

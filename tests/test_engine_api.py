@@ -172,3 +172,17 @@ def test_the_blas_limit_is_restored_after_threads_over_images(case):
     after = [p["num_threads"] for p in threadpoolctl.threadpool_info()
              if p["user_api"] == "blas"]
     assert after == before
+
+
+def test_unit_range_images_are_warned_about_once_per_call_site():
+    """0..1 pixels given to the engine (which works in 0..255) are said, not silently used."""
+    import warnings
+    model = sp.make_model("foe", num_filters=2, filter_size=3)
+    theta = model.init_params(sigma=25.0)
+    rng = np.random.default_rng(0)
+    with pytest.warns(sp.PixelRangeWarning, match=r"x: pixel values in .* 0\.\.1 image"):
+        model.bind(rng.random((12, 12)), theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sp.PixelRangeWarning)
+        model.bind(255 * rng.random((12, 12)), theta)          # 0..255: silent
+        model.bind(np.zeros((12, 12)), theta)                  # constant: silent
