@@ -1,0 +1,131 @@
+"""Why trained FoE models are hard for the inner solve and the adjoint (issue 17): the
+curvature of E_yy at trained parameters, measured on a 200x200 crop of BSD68 images.
+
+Three sections, each printed as it runs (one thread; the figures are counts, so a loaded
+machine only makes them slower):
+
+* ``profile``: the L-BFGS run of the model's own solver stopped after k iterations, against a
+  reference solve to ||grad E|| <= 1e-8: ||grad E||, E - E*, max |y - y*| (gray levels),
+  PSNR - PSNR* (dB). A plateau of E - E* while ||grad E|| falls is a stationary point that
+  is not the minimum the solve ends in.
+* ``eigs``: the three smallest eigenvalues of E_yy (Lanczos, scipy ``eigsh``) at the
+  iterate after ``--at`` iterations and at y*, and how localised the lowest eigenvector is
+  (its squared mass on its 50 largest pixels).
+* ``adjoint``: CG iterations on E_yy(y*) u = b (b standard normal, rtol 1e-6, scipy ``cg``)
+  with no preconditioner, the Fourier symbol (what ``ImplicitGradient`` uses), the exact
+  diagonal of E_yy (Jacobi; probed with (2m-1)^2 Hessian-vector products), and the Fourier
+  preconditioner scaled by that diagonal relative to the quadratic part's.
+
+    python experiments/trained_curvature.py --model foe-48x7-s25 --limit 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+
+def crop(a):
+    return a[60:260, 100:300]
+
+
+def profile(trained, energy, clean, steps):
+    from structpred.losses import psnr
+    ref = dataclasses.replace(trained.solver, gtol=1e-8, maxiter=20000).minimize(energy)
+    print(f"  reference: {ref.iterations} iterations ({ref.status.name}), E* = {ref.energy:.6f}")
+    for k in steps:
+        r = dataclasses.replace(trained.solver, maxiter=k).minimize(energy)
+        print(f"  k {k:4d}: |grad E| {r.grad_norm:.3e}  E - E* {r.energy - ref.energy:.3e}  "
+              f"max|y - y*| {np.abs(r.y - ref.y).max():.3g}  PSNR - PSNR* "
+              f"{psnr(r.y, clean) - psnr(ref.y, clean):+.4f}", flush=True)
+    return ref
+
+
+def operator(energy, y):
+    from scipy.sparse.linalg import LinearOperator
+    H = energy.hessian(y)
+    return H, LinearOperator((y.size, y.size), matvec=lambda v: H(v.reshape(y.shape)).ravel(),
+                             dtype=np.float64)
+
+
+def eigs(trained, energy, ref, at):
+    from scipy.sparse.linalg import eigsh
+    r = dataclasses.replace(trained.solver, maxiter=at).minimize(energy)
+    for label, res in ((f"after {at} iterations", r), ("at y*", ref)):
+        y = res.y_domain
+        _, A = operator(energy, y)
+        w, V = eigsh(A, k=3, which="SA", tol=1e-6, maxiter=3000)
+        mass = float(np.sort(V[:, 0] ** 2)[::-1][:50].sum())
+        print(f"  {label}: E {res.energy:.6f}, |grad E| {res.grad_norm:.2e}; smallest "
+              f"eigenvalues {np.round(w, 5).tolist()}; lowest eigenvector's mass on 50 pixels "
+              f"{mass:.2f}", flush=True)
+
+
+def adjoint(trained, energy, ref):
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    from structpred.solvers.precond import fourier_preconditioner
+    y = ref.y_domain
+    sh, n = y.shape, y.size
+    H, A = operator(energy, y)
+    s = 2 * trained.model.filter_size - 1          # E_yy's band: probes s apart don't mix
+    diag = np.zeros(sh)
+    for a in range(s):
+        for b in range(s):
+            v = np.zeros(sh)
+            v[a::s, b::s] = 1.0
+            diag += H(v) * v
+    S = energy.symbol
+    M = fourier_preconditioner(S, sh)
+    d0 = float(np.fft.irfft2(S, s=sh)[0, 0])       # the quadratic part's diagonal
+    q = 1 / np.sqrt(np.clip(diag / d0, 0.02, 1.0))
+    rhs = np.random.default_rng(0).standard_normal(n)
+    ops = {"none": None,
+           "Fourier": lambda v: M(v.reshape(sh)).ravel(),
+           "Jacobi (exact diagonal)": lambda v: v / np.maximum(diag, 1e-3 * d0).ravel(),
+           "diagonal-scaled Fourier": lambda v: (q * M(q * v.reshape(sh))).ravel()}
+    for label, f in ops.items():
+        count = [0]
+        Mop = None if f is None else LinearOperator((n, n), matvec=f, dtype=np.float64)
+        _, info = cg(A, rhs, rtol=1e-6, maxiter=5000, M=Mop,
+                     callback=lambda _: count.__setitem__(0, count[0] + 1))
+        print(f"  CG, {label}: {count[0]} iterations (info {info})", flush=True)
+    print(f"  diag(E_yy) / quadratic part's diagonal, quantiles 0/1/10/50/90/100 %: "
+          f"{np.round(np.quantile(diag / d0, [0, .01, .1, .5, .9, 1]), 3).tolist()}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="foe-48x7-s25")
+    p.add_argument("--limit", type=int, default=1)
+    p.add_argument("--sections", default="profile,eigs,adjoint")
+    p.add_argument("--steps", default="10,25,50,100,150,200,250,300,350,400,450")
+    p.add_argument("--at", type=int, default=300, help="eigs: the early-stopped iterate")
+    args = p.parse_args(argv)
+    import numba
+
+    import structpred as sp
+    from structpred.reproduce import default_data_root, load_bsd68
+    numba.set_num_threads(1)
+    trained = sp.pretrained(args.model)
+    alpha, lam = trained.model.weights(trained.theta)
+    names, clean, noisy = load_bsd68(default_data_root(), float(trained.meta["sigma"]),
+                                     limit=args.limit)
+    sections = args.sections.split(",")
+    print(f"model {args.model} (lambda {lam:.4g}), solver gtol {trained.solver.gtol:g}, "
+          f"200x200 crops")
+    for name, x, t in zip(names, noisy, clean):
+        print(name, flush=True)
+        energy = trained.model.bind(crop(x), trained.theta, parallel=False)
+        ref = (profile(trained, energy, crop(t), [int(k) for k in args.steps.split(",")])
+               if "profile" in sections else
+               dataclasses.replace(trained.solver, gtol=1e-8, maxiter=20000).minimize(energy))
+        if "eigs" in sections:
+            eigs(trained, energy, ref, args.at)
+        if "adjoint" in sections:
+            adjoint(trained, energy, ref)
+
+
+if __name__ == "__main__":
+    main()
