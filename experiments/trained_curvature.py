@@ -17,6 +17,7 @@ machine only makes them slower):
   preconditioner scaled by that diagonal relative to the quadratic part's.
 
     python experiments/trained_curvature.py --model foe-48x7-s25 --limit 2
+    python experiments/trained_curvature.py --bench-case hard24
 """
 from __future__ import annotations
 
@@ -62,14 +63,14 @@ def eigs(trained, energy, ref, at):
               f"{mass:.2f}", flush=True)
 
 
-def adjoint(trained, energy, ref):
+def adjoint(filter_size, lam, energy, ref, rtol=1e-6):
     from scipy.sparse.linalg import LinearOperator, cg
 
     from structpred.solvers.precond import fourier_preconditioner
     y = ref.y_domain
     sh, n = y.shape, y.size
     H, A = operator(energy, y)
-    s = 2 * trained.model.filter_size - 1          # E_yy's band: probes s apart don't mix
+    s = 2 * filter_size - 1                        # E_yy's band: probes s apart don't mix
     diag = np.zeros(sh)
     for a in range(s):
         for b in range(s):
@@ -80,15 +81,23 @@ def adjoint(trained, energy, ref):
     M = fourier_preconditioner(S, sh)
     d0 = float(np.fft.irfft2(S, s=sh)[0, 0])       # the quadratic part's diagonal
     q = 1 / np.sqrt(np.clip(diag / d0, 0.02, 1.0))
+    ratio = diag / d0
+    gamma = float(np.median(ratio))
+    # the symbol with the prior's part scaled by the median curvature ratio (the data
+    # part, the symbol's value at frequencies where every filter vanishes, is kept):
+    # lam + gamma (S - lam)
+    Mg = fourier_preconditioner(lam + gamma * (S - lam), sh)
     rhs = np.random.default_rng(0).standard_normal(n)
     ops = {"none": None,
            "Fourier": lambda v: M(v.reshape(sh)).ravel(),
            "Jacobi (exact diagonal)": lambda v: v / np.maximum(diag, 1e-3 * d0).ravel(),
-           "diagonal-scaled Fourier": lambda v: (q * M(q * v.reshape(sh))).ravel()}
+           "diagonal-scaled Fourier": lambda v: (q * M(q * v.reshape(sh))).ravel(),
+           f"Fourier, prior part x median ratio {gamma:.3f}":
+               lambda v: Mg(v.reshape(sh)).ravel()}
     for label, f in ops.items():
         count = [0]
         Mop = None if f is None else LinearOperator((n, n), matvec=f, dtype=np.float64)
-        _, info = cg(A, rhs, rtol=1e-6, maxiter=5000, M=Mop,
+        _, info = cg(A, rhs, rtol=rtol, maxiter=5000, M=Mop,
                      callback=lambda _: count.__setitem__(0, count[0] + 1))
         print(f"  CG, {label}: {count[0]} iterations (info {info})", flush=True)
     print(f"  diag(E_yy) / quadratic part's diagonal, quantiles 0/1/10/50/90/100 %: "
@@ -102,8 +111,25 @@ def main(argv=None):
     p.add_argument("--sections", default="profile,eigs,adjoint")
     p.add_argument("--steps", default="10,25,50,100,150,200,250,300,350,400,450")
     p.add_argument("--at", type=int, default=300, help="eigs: the early-stopped iterate")
+    p.add_argument("--bench-case", default=None, help="instead of a shipped model: the "
+                   "adjoint section on a case of experiments/iteration_counts.py (hard24, "
+                   "hard48, ...; MAP to 1e-6, CG to 1e-8 as there)")
     args = p.parse_args(argv)
     import numba
+    if args.bench_case:
+        import os
+        import sys
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import structpred as sp
+        from iteration_counts import CASES, peer_case
+        numba.set_num_threads(1)
+        K, m, fs, ls = CASES[args.bench_case]
+        model, theta, x, _ = peer_case(180, K, m, fs, ls)
+        energy = model.bind(x, theta, parallel=False)
+        print(f"{args.bench_case}: {K}x{m}x{m}, 180x180", flush=True)
+        adjoint(m, model.weights(theta)[1], energy, sp.LBFGS(gtol=1e-6).minimize(energy),
+                rtol=1e-8)
+        return
 
     import structpred as sp
     from structpred.reproduce import default_data_root, load_bsd68
@@ -124,7 +150,7 @@ def main(argv=None):
         if "eigs" in sections:
             eigs(trained, energy, ref, args.at)
         if "adjoint" in sections:
-            adjoint(trained, energy, ref)
+            adjoint(trained.model.filter_size, lam, energy, ref)
 
 
 if __name__ == "__main__":
