@@ -1,6 +1,8 @@
 """Input checks shared by the public API: each raises a ValueError that names the argument."""
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -11,8 +13,23 @@ class PixelRangeWarning(UserWarning):
     initial parameters, PSNR): likely a silently wrong result, so it is said once."""
 
 
-def warn_if_unit_range(name: str, arr: np.ndarray, *, stacklevel: int = 3) -> None:
-    """Warn (:class:`PixelRangeWarning`, once per call site) if the image ``arr`` looks like
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside structpred (the user's line), counted
+    from the function that calls this one's caller (the one that warns): a warning then
+    names the user's code, and "once per call site" means once per line of theirs, however
+    deep inside the package the check runs (``model.bind``, ``solver.minimize``, ...)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_unit_range(name: str, arr: np.ndarray) -> None:
+    """Warn (:class:`PixelRangeWarning`, once per calling line outside structpred) if the
+    image ``arr`` looks like
     0..1 pixels, noisy or not, by the rule that reads image files
     (:mod:`structpred.data.images`: a 99.5th percentile <= 2), a constant image excepted.
     The models, ``init_params(sigma=...)``, the noise levels and PSNR use 0..255; a model
@@ -26,7 +43,7 @@ def warn_if_unit_range(name: str, arr: np.ndarray, *, stacklevel: int = 3) -> No
     if hi <= 2.0 or float(np.percentile(arr, 99.5)) <= 2.0:
         warnings.warn(f"{name}: pixel values in {lo:.3g}..{hi:.3g} look like a 0..1 image; "
                       "structpred's models, noise levels (sigma) and PSNR use 0..255 "
-                      "(multiply by 255)", PixelRangeWarning, stacklevel=stacklevel)
+                      "(multiply by 255)", PixelRangeWarning, stacklevel=_caller_stacklevel())
 
 
 def as_image(name: str, a, *, min_shape: tuple[int, int] = (1, 1)) -> np.ndarray:

@@ -180,8 +180,11 @@ def test_unit_range_images_are_warned_about_once_per_call_site():
     model = sp.make_model("foe", num_filters=2, filter_size=3)
     theta = model.init_params(sigma=25.0)
     rng = np.random.default_rng(0)
-    with pytest.warns(sp.PixelRangeWarning, match=r"x: pixel values in .* 0\.\.1 image"):
+    with pytest.warns(sp.PixelRangeWarning, match=r"x: pixel values in .* 0\.\.1 image") as rec:
         model.bind(rng.random((12, 12)), theta)
+        sp.LBFGS(maxiter=1).minimize(model, rng.random((12, 12)), theta)
+    # both name this file's lines, not a line inside structpred
+    assert [w.filename for w in rec] == [__file__, __file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error", sp.PixelRangeWarning)
         model.bind(255 * rng.random((12, 12)), theta)          # 0..255: silent

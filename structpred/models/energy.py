@@ -114,7 +114,7 @@ def bind(model, x, theta, *, parallel: bool = True) -> BoundEnergy:
     """``model``'s energy at input ``x`` (an (H, W) image) and parameters ``theta``; see
     :class:`BoundEnergy`. Raises ValueError naming ``x`` or ``theta`` if they are not valid."""
     x = as_image("x", x, min_shape=model.min_image_shape())
-    warn_if_unit_range("x", x, stacklevel=3)
+    warn_if_unit_range("x", x)
     theta = model.check_params(theta)
     return BoundEnergy(model, np.ascontiguousarray(model.extend(x), dtype=np.float64), theta,
                        bool(parallel), tuple(x.shape))

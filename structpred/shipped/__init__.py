@@ -1,7 +1,8 @@
 """Trained models shipped with structpred (package data), loadable by name (issue 12's reproduction).
 
 ``sp.pretrained("foe-24x5-s25")`` returns a :class:`~structpred.tracking.model_io.TrainedModel`
-(``.denoise(noisy)`` on (H, W) images in 0..255); the CLIs take ``model_ref=pretrained:NAME``.
+(``.denoise(noisy)`` on (H, W) images in 0..255); the CLIs take ``pretrained:NAME`` where
+they take a model (``evaluate model_ref=pretrained:NAME``, ``denoise pretrained:NAME img.png``).
 The files are ordinary model files (``structpred_model.npz`` layout) in this folder, named
 ``NAME.npz``; each carries in its metadata the training data, the protocol, the hours it
 took, the commit that trained it and, once measured, its mean PSNR on BSD68 (dB).
@@ -9,8 +10,8 @@ took, the commit that trained it and, once measured, its mean PSNR on BSD68 (dB)
 models). ``python -m structpred.reproduce`` ships a trained checkpoint here and regenerates
 the BSD68 table.
 
-Names: ``foe-{24x5,48x7}-s{15,25,50}`` (Fields of Experts, K filters m x m, sigma) and
-``pairwise-s25``.
+Names planned: ``foe-{24x5,48x7}-s{15,25,50}`` (Fields of Experts, K filters m x m,
+sigma) and ``pairwise-s25``; :func:`available` lists those shipped in this version.
 """
 from __future__ import annotations
 
