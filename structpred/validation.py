@@ -17,10 +17,10 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _caller_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside structpred (the user's line), counted
-    from the function that calls this one's caller (the one that warns): a warning then
-    names the user's code, and "once per call site" means once per line of theirs, however
-    deep inside the package the check runs (``model.bind``, ``solver.minimize``, ...)."""
+    """The ``warnings.warn`` stacklevel, for the function that calls this one, of the first
+    frame outside structpred: the warning then names the user's line, and "once per call
+    site" means once per line of theirs, however deep in the package the check runs
+    (``model.bind``, ``solver.minimize``, ...)."""
     frame, level = sys._getframe(2), 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
@@ -29,8 +29,7 @@ def _caller_stacklevel() -> int:
 
 def warn_if_unit_range(name: str, arr: np.ndarray) -> None:
     """Warn (:class:`PixelRangeWarning`, once per calling line outside structpred) if the
-    image ``arr`` looks like
-    0..1 pixels, noisy or not, by the rule that reads image files
+    image ``arr`` looks like 0..1 pixels, noisy or not, by the rule that reads image files
     (:mod:`structpred.data.images`: a 99.5th percentile <= 2), a constant image excepted.
     The models, ``init_params(sigma=...)``, the noise levels and PSNR use 0..255; a model
     trained on 0..1 data is legitimate, hence a warning and not an error
