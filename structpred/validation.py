@@ -13,6 +13,11 @@ class PixelRangeWarning(UserWarning):
     initial parameters, PSNR): likely a silently wrong result, so it is said once."""
 
 
+#: float pixels whose 99.5th percentile is at most this are 0..1 (scikit-image's
+#: convention): the rule that reads images (:mod:`structpred.data.images`) and the engine's
+#: :func:`warn_if_unit_range` share it
+UNIT_RANGE_P995 = 2.0
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -30,7 +35,8 @@ def _caller_stacklevel() -> int:
 def warn_if_unit_range(name: str, arr: np.ndarray) -> None:
     """Warn (:class:`PixelRangeWarning`, once per calling line outside structpred) if the
     image ``arr`` looks like 0..1 pixels, noisy or not, by the rule that reads image files
-    (:mod:`structpred.data.images`: a 99.5th percentile <= 2), a constant image excepted.
+    (:mod:`structpred.data.images`: a 99.5th percentile <= :data:`UNIT_RANGE_P995`), a
+    constant image excepted.
     The models, ``init_params(sigma=...)``, the noise levels and PSNR use 0..255; a model
     trained on 0..1 data is legitimate, hence a warning and not an error
     (``warnings.filterwarnings("ignore", category=PixelRangeWarning)``)."""
@@ -39,7 +45,7 @@ def warn_if_unit_range(name: str, arr: np.ndarray) -> None:
     lo, hi = float(arr.min()), float(arr.max())
     if hi > 10.0 or hi == lo:     # the usual 0..255 image: no percentile (a few ms) needed
         return
-    if hi <= 2.0 or float(np.percentile(arr, 99.5)) <= 2.0:
+    if hi <= UNIT_RANGE_P995 or float(np.percentile(arr, 99.5)) <= UNIT_RANGE_P995:
         warnings.warn(f"{name}: pixel values in {lo:.3g}..{hi:.3g} look like a 0..1 image; "
                       "structpred's models, noise levels (sigma) and PSNR use 0..255 "
                       "(multiply by 255)", PixelRangeWarning, stacklevel=_caller_stacklevel())

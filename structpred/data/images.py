@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from structpred.errors import DataError
+from structpred.validation import UNIT_RANGE_P995
 
 log = logging.getLogger("structpred.images")
 
@@ -162,7 +163,7 @@ def _scale_for(arr: np.ndarray, where: str, hints: Hints) -> tuple[tuple[float, 
         return (0.0, 255.0), f"{dt} 0..255"
     if np.issubdtype(dt, np.floating):
         lo_p, hi_p = (np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 0.0))
-        if hi_p <= 2.0:
+        if hi_p <= UNIT_RANGE_P995:
             return (0.0, 1.0), f"{dt} 0..1"
         if lo_p >= -255.0 and hi_p <= 510.0:
             return (0.0, 255.0), f"{dt} 0..255"
