@@ -80,8 +80,8 @@ def adjoint(filter_size, lam, energy, ref, rtol=1e-6):
     S = energy.symbol
     M = fourier_preconditioner(S, sh)
     d0 = float(np.fft.irfft2(S, s=sh)[0, 0])       # the quadratic part's diagonal
-    q = 1 / np.sqrt(np.clip(diag / d0, 0.02, 1.0))
-    ratio = diag / d0
+    ratio = diag / d0                              # the curvature left by the experts' tails
+    q = 1 / np.sqrt(np.clip(ratio, 0.02, 1.0))
     gamma = float(np.median(ratio))
     # the symbol with the prior's part scaled by the median curvature ratio (the data
     # part, the symbol's value at frequencies where every filter vanishes, is kept):
@@ -101,7 +101,7 @@ def adjoint(filter_size, lam, energy, ref, rtol=1e-6):
                      callback=lambda _: count.__setitem__(0, count[0] + 1))
         print(f"  CG, {label}: {count[0]} iterations (info {info})", flush=True)
     print(f"  diag(E_yy) / quadratic part's diagonal, quantiles 0/1/10/50/90/100 %: "
-          f"{np.round(np.quantile(diag / d0, [0, .01, .1, .5, .9, 1]), 3).tolist()}")
+          f"{np.round(np.quantile(ratio, [0, .01, .1, .5, .9, 1]), 3).tolist()}")
 
 
 def main(argv=None):
@@ -135,7 +135,7 @@ def main(argv=None):
     from structpred.reproduce import default_data_root, load_bsd68
     numba.set_num_threads(1)
     trained = sp.pretrained(args.model)
-    alpha, lam = trained.model.weights(trained.theta)
+    lam = trained.model.weights(trained.theta)[1]
     names, clean, noisy = load_bsd68(default_data_root(), float(trained.meta["sigma"]),
                                      limit=args.limit)
     sections = args.sections.split(",")
