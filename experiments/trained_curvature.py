@@ -13,16 +13,22 @@ machine only makes them slower):
   (its squared mass on its 50 largest pixels).
 * ``adjoint``: CG iterations on E_yy(y*) u = b (b standard normal, rtol 1e-6, scipy ``cg``)
   with no preconditioner, the Fourier symbol (what ``ImplicitGradient`` uses), the exact
-  diagonal of E_yy (Jacobi; probed with (2m-1)^2 Hessian-vector products), and the Fourier
-  preconditioner scaled by that diagonal relative to the quadratic part's.
+  diagonal of E_yy (Jacobi; probed with (2m-1)^2 Hessian-vector products), the Fourier
+  preconditioner scaled by that diagonal relative to the quadratic part's, and (``--pairs
+  M``) the inverse-Hessian approximation of the inner L-BFGS's last M pairs with the Fourier
+  preconditioner as its H0 (Morales & Nocedal 2000, "automatic preconditioning by limited
+  memory quasi-Newton updating"; the pairs are recovered by re-running the deterministic
+  solve to each of its last M + 1 iterations).
 
     python experiments/trained_curvature.py --model foe-48x7-s25 --limit 2
     python experiments/trained_curvature.py --bench-case hard24
+    python experiments/trained_curvature.py --bench-case hard24 --pairs 5,20
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -31,9 +37,15 @@ def crop(a):
     return a[60:260, 100:300]
 
 
+def reference_solver(trained):
+    """The model's solver to ||grad E|| <= 1e-8: y* of every section (and the solve whose
+    last pairs ``--pairs`` recovers)."""
+    return dataclasses.replace(trained.solver, gtol=1e-8, maxiter=20000)
+
+
 def profile(trained, energy, clean, steps):
     from structpred.losses import psnr
-    ref = dataclasses.replace(trained.solver, gtol=1e-8, maxiter=20000).minimize(energy)
+    ref = reference_solver(trained).minimize(energy)
     print(f"  reference: {ref.iterations} iterations ({ref.status.name}), E* = {ref.energy:.6f}")
     for k in steps:
         r = dataclasses.replace(trained.solver, maxiter=k).minimize(energy)
@@ -63,7 +75,40 @@ def eigs(trained, energy, ref, at):
               f"{mass:.2f}", flush=True)
 
 
-def adjoint(filter_size, lam, energy, ref, rtol=1e-6):
+def lbfgs_pairs(solver, energy, ref, m):
+    """The last m (s, y) pairs of the deterministic solve that gave ``ref`` (those with
+    s.y > 0, the ones L-BFGS keeps), flattened."""
+    pts = []
+    for k in range(ref.iterations - m, ref.iterations + 1):
+        r = dataclasses.replace(solver, maxiter=k).minimize(energy)
+        pts.append((r.y_domain.ravel().copy(), energy.energy_and_grad(r.y_domain)[1].ravel()))
+    pairs = [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(pts)]
+    kept = [(s, y) for s, y in pairs if s @ y > 0]
+    if not kept:
+        raise RuntimeError(f"no pair with s.y > 0 among the last {m}: is ``solver`` the one "
+                           f"that gave ref ({ref.iterations} iterations)?")
+    return kept
+
+
+def lbfgs_operator(pairs, M):
+    """The two-loop recursion with H0 = gamma M (gamma = s.y / y.M y of the newest pair)."""
+    s_, y_ = pairs[-1]
+    gamma = (s_ @ y_) / (y_ @ M(y_))
+
+    def apply(v):
+        q, alphas = v.copy(), []
+        for s, y in reversed(pairs):
+            a = (s @ q) / (s @ y)
+            alphas.append(a)
+            q -= a * y
+        r = gamma * M(q)
+        for (s, y), a in zip(pairs, reversed(alphas)):
+            r += s * (a - (y @ r) / (s @ y))
+        return r
+    return apply
+
+
+def adjoint(filter_size, lam, energy, ref, rtol=1e-6, solver=None, pairs=()):
     from scipy.sparse.linalg import LinearOperator, cg
 
     from structpred.solvers.precond import fourier_preconditioner
@@ -94,11 +139,15 @@ def adjoint(filter_size, lam, energy, ref, rtol=1e-6):
            "diagonal-scaled Fourier": lambda v: (q * M(q * v.reshape(sh))).ravel(),
            f"Fourier, prior part x median ratio {gamma:.3f}":
                lambda v: Mg(v.reshape(sh)).ravel()}
+    for m in pairs:
+        kept = lbfgs_pairs(solver, energy, ref, m)
+        ops[f"L-BFGS's last {m} pairs ({len(kept)} with s.y > 0), Fourier H0"] = \
+            lbfgs_operator(kept, ops["Fourier"])
     for label, f in ops.items():
         count = [0]
         Mop = None if f is None else LinearOperator((n, n), matvec=f, dtype=np.float64)
         _, info = cg(A, rhs, rtol=rtol, maxiter=5000, M=Mop,
-                     callback=lambda _: count.__setitem__(0, count[0] + 1))
+                     callback=lambda _, c=count: c.__setitem__(0, c[0] + 1))
         print(f"  CG, {label}: {count[0]} iterations (info {info})", flush=True)
     print(f"  diag(E_yy) / quadratic part's diagonal, quantiles 0/1/10/50/90/100 %: "
           f"{np.round(np.quantile(ratio, [0, .01, .1, .5, .9, 1]), 3).tolist()}")
@@ -114,21 +163,26 @@ def main(argv=None):
     p.add_argument("--bench-case", default=None, help="instead of a shipped model: the "
                    "adjoint section on a case of experiments/iteration_counts.py (hard24, "
                    "hard48, ...; MAP to 1e-6, CG to 1e-8 as there)")
+    p.add_argument("--pairs", default="", help="adjoint: also the L-BFGS-pairs "
+                   "preconditioner with these memory sizes, e.g. 5,20")
     args = p.parse_args(argv)
+    pairs = [int(a) for a in args.pairs.split(",") if a]
     import numba
     if args.bench_case:
         import os
         import sys
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import structpred as sp
         from iteration_counts import CASES, peer_case
+
+        import structpred as sp
         numba.set_num_threads(1)
         K, m, fs, ls = CASES[args.bench_case]
         model, theta, x, _ = peer_case(180, K, m, fs, ls)
         energy = model.bind(x, theta, parallel=False)
         print(f"{args.bench_case}: {K}x{m}x{m}, 180x180", flush=True)
-        adjoint(m, model.weights(theta)[1], energy, sp.LBFGS(gtol=1e-6).minimize(energy),
-                rtol=1e-8)
+        solver = sp.LBFGS(gtol=1e-6)
+        adjoint(m, model.weights(theta)[1], energy, solver.minimize(energy), rtol=1e-8,
+                solver=solver, pairs=pairs)
         return
 
     import structpred as sp
@@ -146,11 +200,12 @@ def main(argv=None):
         energy = trained.model.bind(crop(x), trained.theta, parallel=False)
         ref = (profile(trained, energy, crop(t), [int(k) for k in args.steps.split(",")])
                if "profile" in sections else
-               dataclasses.replace(trained.solver, gtol=1e-8, maxiter=20000).minimize(energy))
+               reference_solver(trained).minimize(energy))
         if "eigs" in sections:
             eigs(trained, energy, ref, args.at)
         if "adjoint" in sections:
-            adjoint(trained.model.filter_size, lam, energy, ref)
+            adjoint(trained.model.filter_size, lam, energy, ref, solver=reference_solver(trained),
+                    pairs=pairs)
 
 
 if __name__ == "__main__":
