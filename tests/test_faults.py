@@ -397,3 +397,19 @@ def test_bad_policy_value_names_the_key(tmp_path):
         validate(compose_cfg(OFF + ["trainer.max_unconverged_fraction=2"], tmp_path))
     with pytest.raises(ConfigError, match=r"tracking\.on_unreachable: unknown mode"):
         validate(compose_cfg(OFF + ["tracking.on_unreachable=maybe"], tmp_path))
+
+
+def test_fresh_run_over_an_earlier_runs_checkpoint_is_refused(tmp_path, capsys):
+    """A run started without resume= into a checkpoint.dir holding another run's state
+    (e.g. a reproduction restarted over its committed state) would rotate that state away
+    within two iterations: refused, the file untouched."""
+    ckpt = tmp_path / "checkpoints" / "last.npz"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"an earlier run's state")
+    with pytest.raises(SystemExit) as exc:
+        guarded(train, compose_cfg(OFF, tmp_path))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint.dir:")
+    assert f"resume={ckpt}" in err[0]
+    assert ckpt.read_bytes() == b"an earlier run's state"

@@ -194,3 +194,70 @@ def test_checkpoint_extra_states_share_warm_starts_and_old_files_load(tmp_path):
     assert (trainer.rejected, trainer.streak, trainer.events, trainer.before) == (0, 0, [], None)
     trainer.restore(meta["trainer"], b)
     assert (trainer.rejected, trainer.streak, trainer.before) == (2, 0, b)
+
+
+# ------------------------------------------------ resume on another objective (more data)
+def test_objective_changes_names_what_defines_the_objective():
+    from structpred.training.app import objective_changes
+    before = {"model": {"num_filters": 8}, "solver": {"gtol": 1e-4}, "gradient": {"rtol": 1e-6},
+              "data": {"root": "/a", "sigma": 25, "train": {"path": "/a/t", "limit": 64},
+                       "val": {"limit": 8}, "test": {"limit": 8}},
+              "optimizer": {"max_iter": 250}, "threads": {"numba": 1}}
+    moved = {**before, "data": {**before["data"], "root": "/b", "train": {"path": "/b/t",
+             "limit": 64}, "val": {"limit": 4}, "test": {"limit": 68}},
+             "optimizer": {"max_iter": 300}, "threads": {"numba": 2}}
+    assert objective_changes(before, moved) == []   # where things are, how long, how fast
+    more = {**before, "data": {**before["data"], "train": {"path": "/a/t", "limit": 128}}}
+    assert objective_changes(before, more) == ["data.train.limit: 64 -> 128"]
+    tighter = {**before, "solver": {"gtol": 1e-6}}
+    assert objective_changes(before, tighter) == ["solver.gtol: 0.0001 -> 1e-06"]
+    assert objective_changes(None, more) == []        # a checkpoint that kept no config
+
+
+def _quadratic(center):
+    """An outer objective sum (theta - center)^2 / 2 as the executors' ``fun``."""
+    def fun(theta, idx, warm):
+        class R:
+            loss = 0.5 * float((theta - center) @ (theta - center))
+            grad = theta - center
+            items = []
+        return R, warm
+    return fun
+
+
+def test_rebase_evaluates_the_state_on_the_new_objective():
+    opt = OuterLBFGS(max_iter=10)
+    old, new = _quadratic(np.zeros(3)), _quadratic(np.ones(3))
+    st = opt.step(old, opt.step(old, opt.init(old, np.arange(3.0), 2)))
+    back = opt.rebase(new, st, 4)
+    np.testing.assert_array_equal(back.theta, st.theta)
+    assert back.loss == new(st.theta, None, ())[0].loss != st.loss
+    np.testing.assert_array_equal(back.grad, st.theta - 1.0)
+    assert len(back.warm) == 4 and back.prev_loss == np.inf and back.iteration == st.iteration
+    assert len(back.s_hist) == len(st.s_hist) > 0    # the curvature memory is kept
+    # the next step descends on the new objective (its line search compares against it)
+    assert opt.step(new, back).loss < back.loss
+    adam = Adam(seed=0)
+    ast = adam.rebase(new, adam.init(old, np.ones(3), 2), 5)
+    assert len(ast.warm) == 5                          # minibatches from the 5 new images
+
+
+def test_resume_with_more_training_data_reevaluates_then_continues(tmp_path, caplog):
+    base = ["+experiment=denoise", "+debug=fast", "optimizer=lbfgs", "val_every=0",
+            "tracking.enabled=false"]
+    train(compose_cfg(base + ["optimizer.max_iter=2"], tmp_path))
+    ckpt = tmp_path / "checkpoints" / "last.npz"
+    _, st2, _ = load_checkpoint(ckpt)
+    with caplog.at_level("INFO"):
+        train(compose_cfg(base + ["optimizer.max_iter=3", "data.train.limit=3",
+                                  f"resume={ckpt}"], tmp_path))
+    text = caplog.text
+    assert "differs from the checkpoint's (data.train.limit: 2 -> 3)" in text
+    assert "resumed parameters evaluated on this run's objective" in text
+    _, st3, meta = load_checkpoint(ckpt)
+    assert st3.iteration == 3 and len(st3.warm) in (0, 3)
+    # the new objective's loss at the resumed theta, from the log line, is what step 3
+    # descended from
+    rebased = float(text.split("resumed parameters evaluated on this run's objective")[1]
+                    .split("loss ")[1].split()[0])
+    assert st3.loss < rebased and rebased != st2.loss

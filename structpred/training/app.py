@@ -165,6 +165,27 @@ def _resume_state(ref, optimizer, model):
     return state, meta, extra.get(BEFORE)
 
 
+#: the config groups that define the training objective (the loss and gradient an outer
+#: optimiser's state holds), less the keys that only say where things are or what is
+#: measured beside it
+OBJECTIVE_KEYS = ("model", "solver", "gradient", "data")
+NOT_OBJECTIVE = ("data.root", "data.train.path", "data.val", "data.test")
+
+
+def objective_changes(before: dict | None, now: dict) -> list[str]:
+    """``"key: old -> new"`` for each key of the training objective (``OBJECTIVE_KEYS``,
+    less ``NOT_OBJECTIVE``) that differs between a checkpoint's resolved config and this
+    run's; [] when the checkpoint kept no config (written before configs were kept)."""
+    from structpred.tracking.mlflow_tracker import flatten   # (values as strings)
+    if not before:
+        return []
+    a = flatten({k: before.get(k) for k in OBJECTIVE_KEYS})
+    b = flatten({k: now.get(k) for k in OBJECTIVE_KEYS})
+    inside = tuple(x + "." for x in NOT_OBJECTIVE)
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
+            if not (k in NOT_OBJECTIVE or k.startswith(inside)) and a.get(k) != b.get(k)]
+
+
 def _start_run(tracker, cfg, resolved: dict, meta: dict, ckpt_path: Path, out_dir: Path):
     """Start (or, resuming, continue) the MLflow run: tags, the config as params and as an
     artifact; a resumed run whose checkpoint's run is in another store gets its history
@@ -203,6 +224,16 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     data, 128 + signal number when interrupted, 3 when the robustness policy stops the run;
     each time the last accepted state is checkpointed."""
     C.validate(cfg)
+    ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
+    if not cfg.resume:
+        # a fresh run would rotate another run's checkpoints away within two iterations
+        # (e.g. a reproduction run started again without resume=, over its committed state)
+        held = [p for p in (ckpt_path, ckpt_path.with_name(PREV_NAME)) if p.exists()]
+        if held:
+            raise C.ConfigError("checkpoint.dir", f"{ckpt_path.parent} already holds "
+                                f"{held[0].name} of an earlier run: continue it with "
+                                f"resume={held[0]}, or give another checkpoint.dir (or "
+                                f"move that one away)")
     log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(C.set_threads(cfg))
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -215,13 +246,23 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     train_set, val_set, test_set = data["train"], data["val"], data["test"]
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = Path(cfg.checkpoint.dir) / CKPT_NAME
-
     state, meta, before = None, {}, None
     tracker = _tracker(cfg, out_dir)
+    changed = []
     if cfg.resume:
         ref = find_checkpoint(str(cfg.resume), cfg.tracking.uri if tracker else None)
         state, meta, before = _resume_state(ref, optimizer, model)
+        changed = objective_changes(meta.get("config"), resolved)
+        if changed:
+            # the state's loss and gradient are the old objective's: the line search would
+            # compare this run's losses against them (and Adam would draw minibatches from
+            # the old number of images)
+            log.warning("the training objective differs from the checkpoint's (%s): the "
+                        "loss and gradient at its parameters are evaluated again on this "
+                        "run's before the first step", "; ".join(changed))
+            # the partial-result cache is keyed by theta and image index, not by objective
+            for f in (ckpt_path.parent / "partial").glob("*.pkl"):
+                f.unlink(missing_ok=True)
     if tracker:
         _start_run(tracker, cfg, resolved, meta, ckpt_path, out_dir)
 
@@ -239,7 +280,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         trainer = Trainer(
             optimizer, fun, state, theta0=theta0, names=train_set.names,
             elapsed0=float(meta.get("elapsed", 0.0)), history=list(meta.get("history", [])),
-            policy=C.build_policy(cfg), count_inner=solver.is_argmin,
+            policy=C.build_policy(cfg), count_inner=solver.is_argmin, rebase=bool(changed),
             callbacks=[   # run in this order at each hook
                 Validation(model, solver, val_set, cfg.val_every),
                 *extra,   # e.g. the fault injector: before anything reports or saves

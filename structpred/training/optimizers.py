@@ -112,6 +112,15 @@ class OuterLBFGS:
         return LBFGSState(theta=np.array(theta, dtype=np.float64), loss=res.loss, grad=res.grad,
                           warm=warm, last=res)
 
+    def rebase(self, fun, st: LBFGSState, n_images: int) -> LBFGSState:
+        """``st`` on another objective (a resume with other training data, model or inner
+        solver): its loss and gradient evaluated again at its theta, as the line search and
+        the stopping tests compare against them (one evaluation, cold). The curvature pairs
+        are kept: they approximate the new objective's curvature as well as any."""
+        res, warm = fun(st.theta, None, (None,) * n_images)
+        return replace(st, loss=res.loss, grad=res.grad, warm=warm, last=res,
+                       prev_loss=math.inf, info=StepInfo())
+
     def _direction(self, st: LBFGSState) -> np.ndarray:
         """-H g by the two-loop recursion (H0 = gamma I, gamma = s'y / y'y)."""
         q = st.grad.copy()
@@ -232,6 +241,13 @@ class Adam:
         rng = np.random.default_rng(self.seed)
         return AdamState(theta=theta, m=np.zeros_like(theta), v=np.zeros_like(theta),
                          rng_state=rng.bit_generator.state, warm=(None,) * n_images)
+
+    def rebase(self, fun, st: AdamState, n_images: int) -> AdamState:
+        """``st`` on another objective (see :meth:`OuterLBFGS.rebase`): the minibatches are
+        drawn from the ``n_images`` of the new data; nothing to evaluate (a step does not use
+        the stored loss and gradient), the moments are kept."""
+        return replace(st, warm=(None,) * n_images, loss=math.nan, grad=None, last=None,
+                       info=StepInfo())
 
     def step(self, fun, st: AdamState) -> AdamState:
         n = len(st.warm)

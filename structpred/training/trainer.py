@@ -187,6 +187,10 @@ class Trainer:
     policy: Policy = Policy()
     names: Sequence[str] = ()
     count_inner: bool = True
+    #: a resumed ``state`` whose objective changed (other training data, model or inner
+    #: solver: :func:`structpred.training.app.objective_changes`): its loss and gradient are
+    #: evaluated again on ``fun`` before the first step (``optimizer.rebase``)
+    rebase: bool = False
     #: ``{"step": iteration, **metrics}`` of every accepted iteration (0: the initial
     #: parameters), a resumed run's continuing its checkpoint's
     history: list = field(default_factory=list)
@@ -209,6 +213,13 @@ class Trainer:
         try:
             if self.state is None:
                 self.state = self._initial_state()
+            elif self.rebase:
+                t0 = time.perf_counter()
+                self.state = self.optimizer.rebase(self.fun, self.state, len(self.names))
+                self.before, self.rebase = None, False    # before: the old objective's
+                app_log.info("resumed parameters evaluated on this run's objective in %.1f s: "
+                             "loss %.6g", time.perf_counter() - t0, self.state.loss)
+                # (Adam: nothing to evaluate, its loss is NaN until its next step)
             self._call("on_train_start")
             if self.state.last is not None and self.state.iteration == 0:
                 self._record(self.state, initial_metrics(self.state))
