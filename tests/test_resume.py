@@ -212,6 +212,8 @@ def test_objective_changes_names_what_defines_the_objective():
     tighter = {**before, "solver": {"gtol": 1e-6}}
     assert objective_changes(before, tighter) == ["solver.gtol: 0.0001 -> 1e-06"]
     assert objective_changes(None, more) == []        # a checkpoint that kept no config
+    newer = {**before, "model": {"num_filters": 8, "pad": None}}   # a key added since
+    assert objective_changes(before, newer) == ["model.pad: (absent) -> None"]
 
 
 def _quadratic(center):

@@ -182,7 +182,8 @@ def objective_changes(before: dict | None, now: dict) -> list[str]:
     a = flatten({k: before.get(k) for k in OBJECTIVE_KEYS})
     b = flatten({k: now.get(k) for k in OBJECTIVE_KEYS})
     inside = tuple(x + "." for x in NOT_OBJECTIVE)
-    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
+    gone = "(absent)"
+    return [f"{k}: {a.get(k, gone)} -> {b.get(k, gone)}" for k in sorted(set(a) | set(b))
             if not (k in NOT_OBJECTIVE or k.startswith(inside)) and a.get(k) != b.get(k)]
 
 
