@@ -10,8 +10,8 @@ took, the commit that trained it and, once measured, its mean PSNR on BSD68 (dB)
 models). ``python -m structpred.reproduce`` ships a trained checkpoint here and regenerates
 the BSD68 table.
 
-Names planned: ``foe-{24x5,48x7}-s{15,25,50}`` (Fields of Experts, K filters m x m,
-sigma) and ``pairwise-s25``; :func:`available` lists those shipped in this version.
+Names: ``foe-{24x5,48x7}-s{15,25,50}`` (Fields of Experts, K filters m x m, sigma) and
+``pairwise-s25``, all seven shipped; :func:`available` lists those present in the folder.
 """
 from __future__ import annotations
 
