@@ -262,8 +262,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                         "loss and gradient at its parameters are evaluated again on this "
                         "run's before the first step", "; ".join(changed))
             # the partial-result cache is keyed by theta and image index, not by objective
-            for f in (ckpt_path.parent / "partial").glob("*.pkl"):
-                f.unlink(missing_ok=True)
+            from structpred.training.loop import PartialResults
+            PartialResults(ckpt_path.parent / "partial").clear()
     if tracker:
         _start_run(tracker, cfg, resolved, meta, ckpt_path, out_dir)
 

@@ -133,6 +133,13 @@ class PartialResults:
                      len(idx), self.folder)
         return out
 
+    def clear(self) -> None:
+        """Remove every saved result (they belong to another objective: a resume that
+        changed the training data, model or solver)."""
+        if self.folder.is_dir():
+            for f in self.folder.glob("*.pkl"):
+                f.unlink(missing_ok=True)
+
     def save(self, key: str, i: int, item, warm: WarmStart) -> None:
         """Keep image ``i``'s result (its slim PairResult and warm start) at theta ``key``."""
         if self.failed:
