@@ -138,6 +138,29 @@ def test_iteration_line_has_time_of_this_iteration_and_eta():
     assert "val PSNR 29.25" in iteration_line(0, 30, m0)
 
 
+def test_eta_follows_the_recent_iterations_not_the_run_mean(monkeypatch, caplog):
+    """After a resume on more data (or as filters sharpen) iterations get dearer: the ETA
+    is the mean of the last iterations of this process times the iterations left."""
+    from types import SimpleNamespace
+
+    from structpred.training import callbacks
+    m = {"train_loss": 53.0, "train_psnr": 28.7, "grad_norm": 5.0, "inner_iters_mean": 190,
+         "inner_iters_max": 480, "adjoint_iters_mean": 165, "adjoint_iters_max": 550,
+         "evals": 1, "iter_time": 1.0}
+    assert "ETA 1:00:00" in iteration_line(100, 200, {**m, "wall_time": 3600.0}, 200.0)
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    cb = callbacks.IterationLog(max_iter=230)
+    cb.on_train_start(None)
+    caplog.set_level("INFO", logger=callbacks.log.name)
+    for it, dt in zip(range(217, 229), [400.0] + [200.0] * 11):
+        clock[0] += dt
+        cb.on_iteration_end(None, SimpleNamespace(iteration=it), {**m, "wall_time": 3600.0})
+    last = caplog.records[-1].getMessage()
+    # 10 iterations of 200 s in the window (the 400 s one has left it), 2 iterations left
+    assert "200.00 s (total 1:00:00, ETA 6:40)" in last, last
+
+
 @pytest.mark.parametrize("name", ["joblib", "submitit_local", "submitit_slurm"])
 def test_launcher_configs_compose(tmp_path, name):
     from hydra import compose, initialize_config_dir
