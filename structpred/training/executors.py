@@ -39,8 +39,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from structpred.objective import BatchResult, loss_and_grad_at
-from structpred.training.loop import PartialResults, TrainObjective, slim, warm_of
+from structpred.objective import loss_and_grad_at
+from structpred.training.loop import PartialResults, TrainObjective, gather, slim, warm_of
 from structpred.training.optimizers import WarmStart
 from structpred.training.trainer import Callback
 
@@ -319,13 +319,9 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - a running actor task cannot be cancelled
                     pass
             raise
-        res = BatchResult.mean_of([done[i][0] for i in idx])
         self.evaluations += 1
         self.last_indices = idx
-        new = list(warm)
-        for i in idx:
-            new[i] = done[i][1]
-        return res, tuple(new)
+        return gather(done, idx, warm)
 
     # ------------------------------------------------------------------ balance
     def loads(self, shard_of=None) -> list[float]:

@@ -153,6 +153,17 @@ class PartialResults:
                         "training goes on without them", self.folder, exc)
 
 
+def gather(done: dict, idx: list, warm) -> tuple:
+    """An evaluation's result from its images' ``done[i] = (item, warm start)``: the mean
+    :class:`BatchResult` of ``idx`` (summed in image order, whichever finished first) and
+    ``warm`` with the entries of ``idx`` replaced (both executors)."""
+    res = BatchResult.mean_of([done[i][0] for i in idx])
+    new = list(warm)
+    for i in idx:
+        new[i] = done[i][1]
+    return res, tuple(new)
+
+
 @dataclass
 class TrainObjective:
     """``fun(theta, indices, warm) -> (BatchResult, warm)`` over the training pairs.
@@ -198,13 +209,9 @@ class TrainObjective:
                                 solver=self.solver, gradient=self.gradient,
                                 warm=[warm[i] for i in todo], progress=self.on_image,
                                 on_item=save)
-        res = BatchResult.mean_of([done[i][0] for i in idx])
         self.evaluations += 1
         self.last_indices = idx
-        new = list(warm)
-        for i in idx:
-            new[i] = done[i][1]
-        return res, tuple(new)
+        return gather(done, idx, warm)
 
 
 def denoise_all(model, theta, noisy: Sequence[np.ndarray], solver, on_image=None):
