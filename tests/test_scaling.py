@@ -63,8 +63,12 @@ def test_minres_fallback_scaling_law():
         if np.frexp(s)[0] == 0.5:        # a power of two: the very same solve, bit for bit
             assert info.iterations == ref.iterations, s
             np.testing.assert_array_equal(info.u / s, ref.u)
-        else:                            # b's rounding moves MINRES's (re-run) test by one
-            assert abs(info.iterations - ref.iterations) <= 1, s
+        else:
+            # b's rounding (s b is not exact) moves MINRES's warm re-run, a fresh Krylov space
+            # on a residual just above rtol: 3 iterations at s = 1 and 5 at s = 1e-155 on an
+            # Intel Xeon host (session 17; the first run takes 29 at every s). The fault this
+            # guards against (squared norms underflowing) ran all 2000 iterations.
+            assert abs(info.iterations - ref.iterations) <= 3, s
         assert close_scaled(info.u, ref.u, s, rtol=1e-8), s
 
 
