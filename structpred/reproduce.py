@@ -357,6 +357,15 @@ def ship(args) -> Path:
     if args.protocol:
         meta["protocol"] = args.protocol
     dest = reg.folder() / f"{args.name}.npz"
+    if dest.exists() and not args.force:
+        try:
+            old = read_model_file(dest).meta
+            was = (f"{old.get('iterations')} outer iterations, BSD68 "
+                   f"{old.get('bsd68_psnr', 'not measured')} dB")
+        except ModelFileError:
+            was = "not a readable model file"
+        raise UsageError(f"{dest}: a shipped model of that name exists ({was}); --force to "
+                         "replace it (its BSD68 figure is measured again by `table`)")
     save_model(dest, model, theta, solver=solver, meta=meta)
     print(f"shipped {dest} ({model!r}, {meta.get('iterations')} outer iterations)")
     return dest
@@ -411,7 +420,9 @@ def main(argv=None) -> int:
     s.add_argument("name")
     s.add_argument("checkpoint")
     s.add_argument("--protocol", default=None)
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--force", action="store_true",
+                   help="replace a shipped model of the same name, or ship a name that is not "
+                   "one of the reproduction's")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

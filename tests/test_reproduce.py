@@ -71,7 +71,8 @@ def test_interrupted_evaluation_keeps_finished_images(tmp_path):
     np.testing.assert_array_equal(warm[0].u, full.items[0].adjoint.u)
 
 
-def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, monkeypatch):
+def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, monkeypatch,
+                                                                     capsys):
     """The whole path in small: train 2 outer iterations (symmetric boundary, no warm starts
     in the checkpoint), resume the committed state against a store that never saw the run (a
     new run linked by a tag, the curve replayed), ship it, load it by name, write the table."""
@@ -100,6 +101,10 @@ def test_committed_state_resumes_in_another_store_and_ships_by_name(tmp_path, mo
     monkeypatch.setenv("STRUCTPRED_PRETRAINED_DIR", str(tmp_path / "shipped"))
     (tmp_path / "shipped").mkdir()
     assert reproduce.main(["ship", "foe-24x5-s25", str(state_file)]) == 0
+    # a shipped model is never replaced by accident
+    assert reproduce.main(["ship", "foe-24x5-s25", str(state_file)]) == 2
+    assert "--force to replace it" in capsys.readouterr().err
+    assert reproduce.main(["ship", "foe-24x5-s25", str(state_file), "--force"]) == 0
     trained = sp.pretrained("foe-24x5-s25")
     assert trained.model.boundary == "symmetric" and trained.meta["iterations"] == 3
     assert trained.meta["sigma"] == 25.0
