@@ -26,6 +26,11 @@ def test_skimage_splits_are_disjoint_and_seeded():
     a, b = load_splits(cfg), load_splits(cfg)
     assert len(a["train"]) == 2 and a["val"] is None and a["test"].names == ["rocket"]
     np.testing.assert_array_equal(a["train"].noisy[1], b["train"].noisy[1])
+    # each crop and each split draws noise of its own (no stream shared or reused)
+    n0, n1 = (a["train"].noisy[i] - a["train"].clean[i] for i in (0, 1))
+    nt = a["test"].noisy[0] - a["test"].clean[0]
+    assert abs(np.corrcoef(n0.ravel(), n1.ravel())[0, 1]) < 0.2
+    assert abs(np.corrcoef(n0.ravel(), nt[:32, :32].ravel())[0, 1]) < 0.2
 
 
 def _write(folder, name, arr):

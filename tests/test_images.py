@@ -106,7 +106,8 @@ def test_uint8_and_bool(tmp_path):
     v = np.round(gradient() * 255).astype(np.uint8)
     iio.imwrite(tmp_path / "p.png", v)
     x, info = read_image_file(tmp_path / "p.png")
-    np.testing.assert_array_equal(x, v) and not info.notes
+    np.testing.assert_array_equal(x, v)
+    assert not info.notes                                # 8-bit gray: nothing to say
     Image.fromarray(v > 128).save(tmp_path / "bw.png")
     x, info = read_image_file(tmp_path / "bw.png")
     assert set(np.unique(x)) == {0.0, 255.0} and info.out_dtype == np.uint8

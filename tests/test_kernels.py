@@ -66,7 +66,7 @@ def _rel(a, b):
 
 def _generated_case(m, K, seed=0):
     rng = np.random.default_rng(seed)
-    H, W = 14 + m, 19 + m             # W - m + 1 not a multiple of the vector width
+    H, W = 14 + m, 20 + m             # W - m + 1 = 21: odd, a vector remainder at any width
     y, x, v, u = rng.normal(size=(4, H, W))
     F = rng.normal(size=(K, m, m)) / m
     alpha = rng.uniform(0.5, 2.0, size=K)

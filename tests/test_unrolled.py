@@ -53,7 +53,9 @@ def test_unrolled_gradient_matches_finite_differences(case, perturb, momentum):
 
 @pytest.mark.parametrize("cls", [sp.UnrolledGradient, sp.TruncatedGradient])
 def test_unrolled_gradient_with_a_padding_model(case, perturb, cls):
-    """Pad, unroll on the extended image, crop: exact for the cropped unrolled loss."""
+    """Pad, unroll on the extended image, crop: the forward pass is the plain unroll for both
+    strategies, and the unrolled gradient is exact for the cropped unrolled loss (the truncated
+    one is checked against its own pair in test_engine_api)."""
     model = sp.make_model("foe", num_filters=3, filter_size=3, boundary="symmetric")
     x, t = case((11, 12), seed=1)
     theta = perturb(model, seed=1)
