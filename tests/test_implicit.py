@@ -4,6 +4,7 @@ import pytest
 
 import structpred as sp
 from structpred.gradients import conjugate_gradient
+from structpred.gradients.check import central_difference
 
 
 def test_cg_solves_an_spd_system():
@@ -53,24 +54,14 @@ def test_gradient_is_minus_mixed_product_of_the_adjoint(case):
     pair = sp.loss_and_grad(model, theta, noisy, clean,
                             gradient=sp.ImplicitGradient(rtol=1e-12))
     y, n = pair.y, pair.y.size
-    h = 1e-4
     H = np.empty((n, n))
     for i in range(n):
-        e = np.zeros(n)
-        e[i] = h
-        e = e.reshape(y.shape)
-        H[:, i] = ((model.grad(y + e, noisy, theta) - model.grad(y - e, noisy, theta))
-                   / (2 * h)).ravel()
+        e = np.eye(n)[i].reshape(y.shape)
+        H[:, i] = central_difference(lambda s: model.grad(y + s * e, noisy, theta), 1e-4).ravel()
     b = sp.MSELoss().grad(y, clean)
     u = np.linalg.solve(H, b.ravel())
     np.testing.assert_allclose(pair.adjoint.u.ravel(), u, rtol=1e-5,
                                atol=1e-7 * np.abs(u).max())
-    fd = np.empty_like(theta)
-    for j in range(theta.size):
-        d = np.zeros_like(theta)
-        d[j] = 1e-6 * max(1.0, abs(theta[j]))
-        gp = np.vdot(pair.adjoint.u, model.grad(y, noisy, theta + d))
-        gm = np.vdot(pair.adjoint.u, model.grad(y, noisy, theta - d))
-        fd[j] = -(gp - gm) / (2 * d[j])
-    err = np.linalg.norm(pair.grad - fd) / np.linalg.norm(fd)
-    assert err < 1e-6, err
+    check = sp.check_grad(lambda th: -np.vdot(pair.adjoint.u, model.grad(y, noisy, th)),
+                          pair.grad, theta, eps=1e-6, groups=model.param_slices())
+    assert check.max_error < 1e-6, str(check)
