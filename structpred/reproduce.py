@@ -322,6 +322,20 @@ def ship(args) -> Path:
     src = Path(args.checkpoint)
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
+    # refusals that depend on the arguments only: before the source is read
+    if args.name not in reg.NAMES and not args.force:
+        raise UsageError(f"{args.name}: not one of the reproduction's names {reg.NAMES} "
+                         "(--force to ship it anyway)")
+    dest = reg.folder() / f"{args.name}.npz"
+    if dest.exists() and not args.force:
+        try:
+            old = read_model_file(dest).meta
+            was = (f"{old.get('iterations')} outer iterations, BSD68 "
+                   f"{old.get('bsd68_psnr', 'not measured')} dB")
+        except ModelFileError:
+            was = "not a readable model file"
+        raise UsageError(f"{dest}: a shipped model of that name exists ({was}); --force to "
+                         "replace it (its BSD68 figure is measured again by `table`)")
     meta = {}
     try:
         trained = read_model_file(src)
@@ -348,24 +362,11 @@ def ship(args) -> Path:
                 "protocol": _describe_protocol(cfg, int(state.iteration))}
         if ck.get("commits"):
             meta["commit"] = describe_commits(ck["commits"])
-    if args.name not in reg.NAMES and not args.force:
-        raise UsageError(f"{args.name}: not one of the reproduction's names {reg.NAMES} "
-                         "(--force to ship it anyway)")
     if "commit" not in meta:    # a checkpoint from before commits were recorded
         meta["commit"] = f"{code_commit()} (when shipped; the checkpoint records none)"
     meta.update({"name": args.name, "source": str(src)})
     if args.protocol:
         meta["protocol"] = args.protocol
-    dest = reg.folder() / f"{args.name}.npz"
-    if dest.exists() and not args.force:
-        try:
-            old = read_model_file(dest).meta
-            was = (f"{old.get('iterations')} outer iterations, BSD68 "
-                   f"{old.get('bsd68_psnr', 'not measured')} dB")
-        except ModelFileError:
-            was = "not a readable model file"
-        raise UsageError(f"{dest}: a shipped model of that name exists ({was}); --force to "
-                         "replace it (its BSD68 figure is measured again by `table`)")
     save_model(dest, model, theta, solver=solver, meta=meta)
     print(f"shipped {dest} ({model!r}, {meta.get('iterations')} outer iterations)")
     return dest
