@@ -285,14 +285,20 @@ def test_unreachable_tracking_server_local_fallback(tmp_path, monkeypatch, caplo
         t.end()
 
 
-def test_midrun_outage_keeps_training_and_sends_metrics_later(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("outage", ["down", "reply_lost"])
+def test_midrun_outage_keeps_training_and_sends_metrics_later(tmp_path, monkeypatch, capsys,
+                                                              outage):
     """MLflow fails at step 1 (all retries), and the 2nd checkpoint write hits a full
     disk: training finishes, the step-1 metrics arrive later, the error is reported and
-    the checkpoint is intact."""
+    the checkpoint is intact. ``reply_lost``: each failed write did land (a server that
+    commits and dies, a timed-out reply), so the step must not be recorded twice (CI of
+    stop 25 saw steps [0, 1, 1, 2, ...] against a killed server)."""
     real_log, real_fsync = mlflow.log_metrics, os.fsync
 
     def flaky(metrics, step=None, **kw):
         if step == 1 and not getattr(flaky, "healed", False):
+            if outage == "reply_lost":
+                real_log(metrics, step=step, **kw)
             raise ConnectionError("server down")
         return real_log(metrics, step=step, **kw)
     monkeypatch.setattr(mlflow, "log_metrics", flaky)
@@ -324,6 +330,10 @@ def test_midrun_outage_keeps_training_and_sends_metrics_later(tmp_path, monkeypa
                                                                         "train/loss")]
     assert sorted(steps) == [0, 1, 2] and run.info.status == "FINISHED"
     assert not (tmp_path / "metrics_pending.jsonl").exists()
+    # no metric of step 1 is recorded twice
+    hist = [mlflow.MlflowClient().get_metric_history(run.info.run_id, k)
+            for k in run.data.metrics]
+    assert len(hist) > 5 and all(sum(m.step == 1 for m in h) <= 1 for h in hist)
 
 
 # ------------------------------------------------------------------ model files

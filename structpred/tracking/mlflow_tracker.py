@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -275,8 +276,26 @@ class Tracker:
         import mlflow
         self.attempt("set_tags", mlflow.set_tags, dict(tags))
 
-    def _send(self, metrics: dict, step: int) -> bool:
-        """Send with ``retries`` retries ``retry_wait`` seconds apart (doubling)."""
+    def _unsent(self, metrics: dict, step: int) -> dict:
+        """Those of ``metrics`` that the store does not hold at ``step``.
+
+        A write that failed may still have landed: the server committed it and died, or the
+        reply timed out. MLflow's metric writes are not idempotent, so sending it again
+        recorded the step twice (CI of stop 25: ``train/loss`` steps [0, 1, 1, 2, ...] after
+        the server was killed). Asked only before a resend, one request per key."""
+        import mlflow
+        client = mlflow.MlflowClient()
+        held = {}
+        for key in metrics:
+            held[key] = [m.value for m in client.get_metric_history(self.run_id, key)
+                         if m.step == step]
+        return {k: v for k, v in metrics.items()
+                if not any(_same_value(v, h) for h in held[k])}
+
+    def _send(self, metrics: dict, step: int, *, resend: bool = False) -> bool:
+        """Send with ``retries`` retries ``retry_wait`` seconds apart (doubling). A retry,
+        or a ``resend`` of metrics kept after a failure, first asks the store which of them
+        it already holds (:meth:`_unsent`) and sends only the others."""
         import mlflow
         wait = float(self.cfg.get("retry_wait", 1.0))
         for attempt in range(int(self.cfg.get("retries", 2)) + 1):
@@ -284,7 +303,9 @@ class Tracker:
                 time.sleep(wait)
                 wait *= 2
             try:
-                mlflow.log_metrics(metrics, step=step)
+                todo = self._unsent(metrics, step) if (attempt or resend) else metrics
+                if todo:
+                    mlflow.log_metrics(todo, step=step)
                 return True
             except Exception as exc:  # network, server and store errors alike
                 last = exc
@@ -305,7 +326,7 @@ class Tracker:
         """Send the metrics kept after earlier failures; True when none is left."""
         while self.pending:
             metrics, step = self.pending[0]
-            if not self._send(metrics, step):
+            if not self._send(metrics, step, resend=True):
                 return False
             self.pending.pop(0)
         if self.pending_path is not None and self.pending_path.exists():
@@ -333,6 +354,11 @@ class Tracker:
                         len(self.pending), self.pending_path or "memory (lost at exit)")
         if self.run_id is not None and mlflow.active_run() is not None:
             self.attempt("end_run", mlflow.end_run, status=status)
+
+
+def _same_value(a: float, b: float) -> bool:
+    """One metric value as sent and as read back (NaN equals NaN; a store may round)."""
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
 
 #: MLflow 3.17's UI chooses between its GenAI view and its model-training view by a global
