@@ -14,7 +14,11 @@ Outages: an unreachable store at the start is a one-line error naming ``tracking
 folder). During a run, a failed metric write is retried ``tracking.retries`` times, then kept
 in ``<run folder>/metrics_pending.jsonl`` and in memory, and sent with the next write that
 succeeds; failed tags and artifacts are reported and skipped (the files stay in the run
-folder). Tracking never stops a training.
+folder). Tracking never stops a training. A write whose reply was lost may have landed: before
+any resend the store is asked which of the step's metrics it holds, so a step is not recorded
+twice. Within one write, MLflow's own HTTP retries (``tracking.http_retries``) also resend a
+request whose reply was lost, which this check cannot see; ``tracking.http_retries=0`` leaves
+every resend to the check, at the cost of no retry for params and tags.
 """
 from __future__ import annotations
 
