@@ -327,12 +327,17 @@ class Tracker:
                 log.warning("cannot keep metrics in %s (%s)", self.pending_path, exc)
 
     def flush(self) -> bool:
-        """Send the metrics kept after earlier failures; True when none is left."""
+        """Send the metrics kept after earlier failures; True when none is left.
+
+        Only the first kept record was sent before (a record kept while others wait is
+        queued unsent), so only it is checked against the store first (:meth:`_unsent`)."""
+        first = True
         while self.pending:
             metrics, step = self.pending[0]
-            if not self._send(metrics, step, resend=True):
+            if not self._send(metrics, step, resend=first):
                 return False
             self.pending.pop(0)
+            first = False
         if self.pending_path is not None and self.pending_path.exists():
             self.pending_path.unlink()
         return True
